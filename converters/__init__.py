@@ -1,0 +1,1 @@
+"""Converters from trained weights to ONNX / OpenVINO IR (conversion-only dependencies live here)."""

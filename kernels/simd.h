@@ -1,0 +1,17 @@
+/* Load-time CPU dispatch for hot loops.
+ *
+ * Kernels are compiled with portable flags. On x86-64 Linux with GCC/Clang,
+ * SFPN_HOT marks a function for several clones (baseline, x86-64-v3 = AVX2/FMA,
+ * x86-64-v4 = AVX-512); the loader picks the best one the CPU supports (ifunc).
+ * Elsewhere (ARM, macOS, MSVC) it expands to nothing: one portable build.
+ */
+#ifndef SFPN_SIMD_H
+#define SFPN_SIMD_H
+
+#if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__) && !defined(SFPN_NO_DISPATCH)
+#define SFPN_HOT __attribute__((target_clones("default", "arch=x86-64-v3", "arch=x86-64-v4")))
+#else
+#define SFPN_HOT
+#endif
+
+#endif

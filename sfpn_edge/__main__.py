@@ -1,0 +1,3 @@
+from sfpn_edge.cli import main
+
+raise SystemExit(main())

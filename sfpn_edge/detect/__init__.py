@@ -1,0 +1,1 @@
+"""Detectors: the Detector protocol and implementations."""
