@@ -37,6 +37,8 @@ setup(
         "sfpn_edge.cli",
         "sfpn_edge.backends",
         "sfpn_edge.detect",
+        "sfpn_edge.bench",
+        "sfpn_edge.evaluate",
         "sfpn_edge.kernels",
         "sfpn_edge.converters",
     ],

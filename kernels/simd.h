@@ -14,4 +14,12 @@
 #define SFPN_HOT
 #endif
 
+/* Keep float expressions exactly as written (no a*b+c -> FMA contraction), for loops that must
+ * match a NumPy reference bit for bit. */
+#if defined(__GNUC__) && !defined(__clang__)
+#define SFPN_NO_CONTRACT __attribute__((optimize("fp-contract=off")))
+#else
+#define SFPN_NO_CONTRACT
+#endif
+
 #endif

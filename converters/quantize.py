@@ -1,0 +1,233 @@
+"""Post-training int8 quantization, calibrated on real face crops.
+
+* ONNX Runtime: static QDQ quantization (per-channel int8 weights, uint8 activations, MinMax
+  ranges) of the fp32 ``model.onnx`` -> ``model_int8.onnx``.
+* OpenVINO: NNCF post-training quantization of the fp32 model -> ``model_int8.xml`` when the
+  ``quantize`` extra (nncf) is installed; otherwise the QDQ ONNX is converted to IR, which
+  OpenVINO also runs as int8 (its FakeQuantize ops come from the Q/DQ pairs).
+
+Calibration crops come from face images (e.g. CFP); their source and count are recorded in the
+manifest under ``calibration``. Conversion-only dependencies (onnx, onnxruntime.quantization,
+nncf) are imported inside the functions.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Dict, Iterable, Optional, Sequence
+
+import numpy as np
+
+from sfpn_edge import models
+from sfpn_edge.errors import ModelError, SfpnError
+
+ORT_INT8 = "model_int8.onnx"
+OV_INT8 = "model_int8.xml"
+
+
+def calibration_crops(samples: Sequence, size: int, mean: Sequence[float], margin: float = 0.3) -> np.ndarray:
+    """Crops float32 [N, 3, size, size] (RGB minus mean) framed as at evaluation time: the
+    fiducial box enlarged by ``margin`` when a sample has landmarks, else the whole image."""
+    from sfpn_edge import align
+    from sfpn_edge.evaluate.protocols import read_cfp_landmarks
+    from sfpn_edge.evaluate.runner import full_image_matrix
+    from sfpn_edge.io import read_image
+
+    if not samples:
+        raise SfpnError("no calibration images given")
+    images, matrices = [], []
+    for sample in samples:
+        image = read_image(sample.path)
+        if sample.landmarks is not None:
+            matrices.append(align.box_matrix(align.points_box(read_cfp_landmarks(sample.landmarks)), margin, size))
+        else:
+            matrices.append(full_image_matrix(image.shape[1], image.shape[0], size))
+        images.append(image)
+    return align.crop_batch(images, np.stack(matrices), size=size, mean=tuple(mean), channel_order="BGR")
+
+
+def cfp_calibration_samples(cfp_root: Path, count: int = 200) -> list:
+    """``count`` CFP images (with their fiducials) spread over all subjects, frontal and profile in
+    CFP-FP proportion (5 : 2), chosen deterministically."""
+    from sfpn_edge.evaluate.protocols import Sample
+
+    data = Path(cfp_root) / "Data"
+    subjects = sorted(p.name for p in (data / "Images").glob("[0-9]*") if p.is_dir())
+    if not subjects:
+        raise SfpnError(f"no CFP images under {data / 'Images'}")
+    picks = []
+    for i in range(count):
+        subject = subjects[(i * 7919) % len(subjects)]  # a prime stride visits every subject
+        pose = "profile" if i % 7 in (3, 6) else "frontal"
+        files = sorted((data / "Images" / subject / pose).glob("*.jpg"))
+        if files:
+            image = files[(i // len(subjects)) % len(files)]
+            landmarks = data / "Fiducials" / subject / pose / f"{image.stem}.txt"
+            picks.append(Sample(image, landmarks if landmarks.is_file() else None))
+    return picks
+
+
+class _Reader:
+    """onnxruntime CalibrationDataReader over a crop array, one face per call."""
+
+    def __init__(self, input_name: str, crops: np.ndarray):
+        self.input_name = input_name
+        self.crops = crops
+        self.index = 0
+
+    def get_next(self) -> Optional[Dict[str, np.ndarray]]:
+        if self.index >= len(self.crops):
+            return None
+        self.index += 1
+        return {self.input_name: self.crops[self.index - 1:self.index]}
+
+    def rewind(self) -> None:
+        self.index = 0
+
+
+def quantize_onnx(fp32_onnx: Path, out: Path, crops: np.ndarray, *, per_channel: bool = True,
+                  quant_format: str = "QDQ") -> Path:
+    """Static int8 quantization of ``fp32_onnx`` calibrated on ``crops`` float32 [N, 3, h, w]."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    _check_crops(crops)
+    import onnx
+
+    graph = onnx.load(str(fp32_onnx), load_external_data=False).graph
+    input_name = graph.input[0].name
+    with tempfile.TemporaryDirectory() as tmp:
+        prepared = Path(tmp) / "prepared.onnx"
+        quant_pre_process(str(fp32_onnx), str(prepared), skip_symbolic_shape=True)
+        quantize_static(
+            str(prepared), str(out), _Reader(input_name, crops),
+            quant_format=QuantFormat.QDQ if quant_format == "QDQ" else QuantFormat.QOperator,
+            per_channel=per_channel,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=CalibrationMethod.MinMax,
+            extra_options={"WeightSymmetric": True, "ActivationSymmetric": False},
+            nodes_to_exclude=output_tail(graph),
+        )
+    return Path(out)
+
+
+def output_tail(graph) -> list:
+    """Names of the nodes from the last compute op (the global pool) to the graph outputs.
+
+    They stay float: a uint8 descriptor (one scale for 1000 values) zeroes its small entries
+    and costs ~1 % cosine, while pooling dequantized conv outputs keeps full resolution.
+    """
+    producer = {out: node for node in graph.node for out in node.output}
+    tail, frontier = [], [o.name for o in graph.output]
+    while frontier:
+        node = producer.get(frontier.pop())
+        if node is None or node.name in tail:
+            continue
+        tail.append(node.name)
+        if node.op_type in ("Flatten", "Reshape", "Squeeze", "Identity"):
+            frontier.extend(node.input[:1])
+    return tail
+
+
+def nncf_available() -> bool:
+    try:
+        import nncf  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def quantize_openvino(fp32_model: Path, out_xml: Path, crops: np.ndarray, *,
+                      qdq_onnx: Optional[Path] = None, use_nncf: Optional[bool] = None) -> str:
+    """int8 IR at ``out_xml``: NNCF PTQ of ``fp32_model`` (returns "nncf"), or the QDQ ONNX
+    ``qdq_onnx`` converted to IR (returns "qdq-onnx"). ``use_nncf`` None: NNCF when installed."""
+    import openvino as ov
+
+    _check_crops(crops)
+    if use_nncf is None:
+        use_nncf = nncf_available()
+    if use_nncf:
+        import nncf
+
+        model = ov.Core().read_model(str(fp32_model))
+        dataset = nncf.Dataset(list(crops), lambda crop: crop[None])
+        quantized = nncf.quantize(model, dataset, preset=nncf.QuantizationPreset.PERFORMANCE,
+                                  subset_size=len(crops))
+        ov.save_model(quantized, str(out_xml), compress_to_fp16=False)
+        return "nncf"
+    if qdq_onnx is None:
+        raise SfpnError("OpenVINO int8 needs nncf (pip install 'sfpn-edge[quantize]') or a QDQ ONNX model")
+    ov.save_model(ov.convert_model(str(qdq_onnx)), str(out_xml), compress_to_fp16=False)
+    return "qdq-onnx"
+
+
+def quantize_model_dir(model_dir: Path, crops: np.ndarray, source: str, *, use_nncf: Optional[bool] = None) -> dict:
+    """Add int8 models for both backends to ``model_dir`` and record them in its manifest.
+
+    ``source`` says where the calibration crops came from (recorded with their count).
+    """
+    model_dir = Path(model_dir)
+    manifest = models.load_manifest(model_dir)
+    h, w = manifest["input_size"]
+    _check_crops(crops)
+    if crops.shape[1:] != (3, h, w):
+        raise ValueError(f"calibration crops must be [N, 3, {h}, {w}], got {crops.shape}")
+    fp32_onnx = models.model_file(model_dir, "onnxruntime", "fp32")
+    files = manifest["files"]
+    record = {"source": source, "count": int(len(crops)), "method": "minmax",
+              "onnxruntime": "QDQ, per-channel int8 weights, uint8 activations"}
+    # Build in a private temp dir, then move into place: a failure leaves the directory as it was.
+    with tempfile.TemporaryDirectory(dir=model_dir, prefix=".quantize-") as tmp:
+        tmp = Path(tmp)
+        quantize_onnx(fp32_onnx, tmp / ORT_INT8, crops)
+        made = [ORT_INT8]
+        if "openvino" in files:
+            fp32_ov = models.model_file(model_dir, "openvino", "fp32")
+            how = quantize_openvino(fp32_ov, tmp / OV_INT8, crops, qdq_onnx=tmp / ORT_INT8, use_nncf=use_nncf)
+            made += [OV_INT8, Path(OV_INT8).with_suffix(".bin").name]
+            record["openvino"] = ("NNCF post-training quantization (performance preset)" if how == "nncf"
+                                  else "QDQ ONNX converted to IR")
+        for name in made:
+            (tmp / name).chmod(0o644)
+            os.replace(tmp / name, model_dir / name)
+    files["onnxruntime"]["int8"] = ORT_INT8
+    if "openvino" in record:
+        files["openvino"]["int8"] = OV_INT8
+    manifest["calibration"] = record
+    models.write_manifest(model_dir, manifest)
+    return manifest
+
+
+def _check_crops(crops: np.ndarray) -> None:
+    if not isinstance(crops, np.ndarray) or crops.dtype != np.float32 or crops.ndim != 4 or not len(crops):
+        raise ValueError("calibration crops must be a non-empty float32 [N, 3, h, w] array")
+    if not np.isfinite(crops).all():
+        raise ValueError("calibration crops contain NaN or infinity")
+    if float(crops.std()) < 1e-3:
+        raise ModelError("calibration crops are constant: calibrate on real face crops")
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """``python -m sfpn_edge.converters.quantize MODEL_DIR --cfp CFP_ROOT [--count N]``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m sfpn_edge.converters.quantize",
+                                     description="Add int8 models, calibrated on CFP face crops, to a model directory.")
+    parser.add_argument("model_dir", type=Path)
+    parser.add_argument("--cfp", type=Path, required=True, help="CFP root (Data/, Protocol/)")
+    parser.add_argument("--count", type=int, default=200, help="calibration images (default 200)")
+    args = parser.parse_args(argv)
+    manifest = models.load_manifest(args.model_dir)
+    samples = cfp_calibration_samples(args.cfp, args.count)
+    crops = calibration_crops(samples, manifest["input_size"][0], manifest["mean"])
+    manifest = quantize_model_dir(args.model_dir, crops, f"CFP fiducial-box crops (+30 %), {len(crops)} images "
+                                  f"({sum('profile' in str(s.path) for s in samples)} profile)")
+    print(json.dumps({"files": manifest["files"], "calibration": manifest["calibration"]}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

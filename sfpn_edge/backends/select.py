@@ -1,0 +1,143 @@
+"""Target policy: ``cpu`` / ``arm`` / ``vpu`` / ``auto`` -> backend + device, with the reason.
+
+The decision is a pure function of an ``Environment`` (architecture, CPU features, OpenVINO
+devices, ONNX Runtime providers), so it is unit-tested with injected device lists;
+``Environment.detect()`` fills one in from the running machine.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from sfpn_edge import platform_info
+from sfpn_edge.backends.base import MYRIAD_GONE
+from sfpn_edge.errors import SfpnError
+
+TARGETS = ("cpu", "arm", "vpu", "auto")
+
+
+@dataclass(frozen=True)
+class Environment:
+    """What the policy looks at. ``None`` for a library that is not importable."""
+
+    platform: platform_info.PlatformInfo
+    openvino_devices: Optional[tuple] = None
+    ort_providers: Optional[tuple] = None
+    versions: dict = field(default_factory=dict)
+
+    @classmethod
+    def detect(cls) -> "Environment":
+        versions = {}
+        ov_devices = ort_providers = None
+        try:
+            import onnxruntime as ort
+
+            ort_providers = tuple(ort.get_available_providers())
+            versions["onnxruntime"] = ort.__version__
+        except ImportError:
+            pass
+        try:
+            from sfpn_edge.backends import openvino_backend
+
+            ov_devices = tuple(openvino_backend.available_devices())
+            versions["openvino"] = openvino_backend.ov.get_version()
+        except (ImportError, RuntimeError):
+            pass
+        return cls(platform_info.detect(), ov_devices, ort_providers, versions)
+
+    def has_ov(self, family: str) -> bool:
+        return any(d.split(".")[0] == family for d in self.openvino_devices or ())
+
+    def has_ort(self, provider: str) -> bool:
+        return provider in (self.ort_providers or ())
+
+    def summary(self) -> str:
+        return (f"arch {self.platform.arch}, OpenVINO devices {list(self.openvino_devices or [])}, "
+                f"ONNX Runtime providers {list(self.ort_providers or [])}")
+
+
+@dataclass(frozen=True)
+class Choice:
+    target: str
+    backend: str
+    device: str
+    reason: str
+
+    def as_dict(self) -> dict:
+        return {"target": self.target, "backend": self.backend, "device": self.device, "reason": self.reason}
+
+
+def _arm(env: Environment, target: str) -> Choice:
+    if not env.platform.is_arm:
+        raise SfpnError(f"target 'arm' needs an ARM CPU, this machine is {env.platform.arch}; "
+                        f"available targets: {available_targets(env)}")
+    if not env.has_ort("CPUExecutionProvider"):
+        raise SfpnError(f"target 'arm' runs on ONNX Runtime, which is not installed ({env.summary()})")
+    if env.has_ort("XnnpackExecutionProvider"):
+        return Choice(target, "onnxruntime", "XNNPACK",
+                      "ARM CPU: ONNX Runtime with the XNNPACK provider (NEON kernels), CPU provider fallback")
+    return Choice(target, "onnxruntime", "CPU",
+                  "ARM CPU: ONNX Runtime CPU provider (MLAS NEON kernels); this build has no XNNPACK provider")
+
+
+def _cpu(env: Environment, target: str) -> Choice:
+    if env.platform.is_arm:
+        return _arm(env, target)
+    features = ", ".join(env.platform.features) or "no SIMD features reported"
+    if env.has_ov("CPU"):
+        int8 = "; int8 models run on its VNNI/AMX kernels" if env.platform.int8_dot else ""
+        return Choice(target, "openvino", "CPU",
+                      f"{env.platform.arch} CPU ({features}): OpenVINO's CPU plugin (oneDNN, JIT-compiled "
+                      f"for this ISA){int8}")
+    if env.has_ort("CPUExecutionProvider"):
+        return Choice(target, "onnxruntime", "CPU",
+                      f"{env.platform.arch} CPU ({features}): OpenVINO CPU device unavailable, "
+                      "using ONNX Runtime's CPU provider")
+    raise SfpnError(f"no CPU backend is available ({env.summary()})")
+
+
+def _vpu(env: Environment, target: str) -> Choice:
+    if env.has_ov("NPU"):
+        return Choice(target, "openvino", "NPU",
+                      "OpenVINO NPU device (Intel VPU line) found; the model is compiled with a static batch")
+    if env.openvino_devices is None:
+        raise SfpnError("target 'vpu' needs OpenVINO, which is not installed; "
+                        f"available targets: {available_targets(env)}")
+    raise SfpnError(f"target 'vpu' needs the OpenVINO NPU device, not present here (OpenVINO devices: "
+                    f"{list(env.openvino_devices)}; {MYRIAD_GONE}); available targets: {available_targets(env)}")
+
+
+def _auto(env: Environment, target: str) -> Choice:
+    if env.has_ov("NPU"):
+        choice = _vpu(env, target)
+        return Choice(target, choice.backend, choice.device,
+                      choice.reason + "; preferred so the CPU stays free for detection and alignment")
+    return _cpu(env, target)
+
+
+_POLICY = {"cpu": _cpu, "arm": _arm, "vpu": _vpu, "auto": _auto}
+
+
+def choose(target: str = "auto", env: Optional[Environment] = None) -> Choice:
+    """The backend and device for ``target`` on ``env`` (default: this machine), or SfpnError."""
+    env = env or Environment.detect()
+    key = target.lower()
+    if key == "myriad":
+        raise SfpnError(MYRIAD_GONE)
+    if key not in _POLICY:
+        raise SfpnError(f"unknown target {target!r}; choose from {TARGETS}")
+    return _POLICY[key](env, key)
+
+
+def available_targets(env: Environment) -> list:
+    """Targets that ``choose`` accepts on ``env``."""
+    found = []
+    if env.has_ov("CPU") or env.has_ort("CPUExecutionProvider"):
+        found.append("cpu")
+    if env.platform.is_arm and env.has_ort("CPUExecutionProvider"):
+        found.append("arm")
+    if env.has_ov("NPU"):
+        found.append("vpu")
+    if found:
+        found.append("auto")
+    return found

@@ -1,0 +1,90 @@
+"""Options shared by the commands that run the model on photos (verify, embed, enroll, identify).
+
+Model resolution: ``--model DIR``, else ``$SFPN_EDGE_MODEL``, else the cache's default model
+(``sfpn_edge.models.default_model_dir()``, filled by ``sfpn-edge fetch-weights``).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from sfpn_edge.errors import ModelError
+
+MODEL_ENV = "SFPN_EDGE_MODEL"
+
+
+def add_model_options(parser: argparse.ArgumentParser) -> None:
+    """--model, --backend, --precision, --threads."""
+    group = parser.add_argument_group("model")
+    group.add_argument("--model", type=Path, metavar="DIR",
+                       help=f"converted model directory (default: ${MODEL_ENV}, else the model "
+                            "`sfpn-edge fetch-weights` put in the cache)")
+    group.add_argument("--backend", default="onnxruntime", choices=("onnxruntime", "openvino"),
+                       help="inference backend (default: onnxruntime)")
+    group.add_argument("--precision", default="fp32",
+                       help="model precision listed in the model's manifest, e.g. fp32, fp16, int8 (default: fp32)")
+    group.add_argument("--threads", type=_positive_int, default=None, metavar="N",
+                       help="threads per inference (default: the backend's choice)")
+
+
+def add_pipeline_options(parser: argparse.ArgumentParser) -> None:
+    """Detector weights, crop margin, flip averaging and the several-faces policy."""
+    group = parser.add_argument_group("face pipeline")
+    group.add_argument("--detector-weights", type=Path, metavar="DIR",
+                       help="MTCNN weights directory (default: the cache, filled by "
+                            "`sfpn-edge fetch-weights --detector mtcnn`)")
+    group.add_argument("--margin", type=float, default=None,
+                       help="crop margin around the detected box (default: the model's, 0.10)")
+    group.add_argument("--flip", action="store_true",
+                       help="also embed the mirrored face and sum the descriptors (slower, a bit more accurate)")
+    group.add_argument("--face-policy", choices=("largest", "error"), default="largest",
+                       help="several faces in a photo: use the largest (default) or refuse the photo")
+
+
+def add_threshold_options(parser: argparse.ArgumentParser) -> None:
+    """--threshold T | --far F."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--threshold", type=float, default=None, metavar="T",
+                       help="accept when the cosine score is at least T")
+    group.add_argument("--far", type=float, default=None, metavar="F",
+                       help="choose the threshold by false-accept rate (default: 1e-3, measured on CFP-FP)")
+
+
+def model_dir(args: argparse.Namespace) -> Path:
+    """The model directory to use, or ModelError telling the user how to get one."""
+    if args.model is not None:
+        path, origin = Path(args.model), "--model"
+    elif os.environ.get(MODEL_ENV):
+        path, origin = Path(os.environ[MODEL_ENV]), f"${MODEL_ENV}"
+    else:
+        from sfpn_edge.models import default_model_dir
+
+        path, origin = default_model_dir(), "the default location"
+    if not path.is_dir():
+        raise ModelError(f"no model at {path} ({origin}): run `sfpn-edge fetch-weights` "
+                         "or pass --model DIR")
+    return path
+
+
+def make_verifier(args: argparse.Namespace):
+    """A FaceVerifier configured from the parsed model / pipeline / threshold options."""
+    from sfpn_edge.detect.mtcnn import MTCNN
+    from sfpn_edge.pipeline import FaceVerifier
+
+    path = model_dir(args)
+    detector = MTCNN(args.detector_weights, args.backend, threads=args.threads)
+    return FaceVerifier(path, args.backend, args.precision, threads=args.threads,
+                        detector=detector, margin=args.margin, flip=args.flip,
+                        face_policy=args.face_policy, threshold=getattr(args, "threshold", None),
+                        far=getattr(args, "far", None))
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value

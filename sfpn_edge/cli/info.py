@@ -1,0 +1,65 @@
+"""``sfpn-edge info [--json] [--target T]``: this machine, its backends, and what a target picks."""
+from __future__ import annotations
+
+import argparse
+
+from sfpn_edge.cli.output import emit
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "info",
+        help="show the platform, CPU features, inference devices and the backend a target picks",
+        description="Report the architecture, CPU model and features (SIMD, int8 dot product, bf16), "
+                    "OpenVINO devices, ONNX Runtime providers, library versions, the targets usable "
+                    "here, and which backend + device --target (default auto) chooses and why.",
+    )
+    parser.add_argument("--target", default="auto", metavar="T",
+                        help="target to resolve: cpu, arm, vpu or auto (default auto); an unavailable "
+                             "target is an error listing what is available")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import platform
+
+    import numpy
+
+    from sfpn_edge import __version__
+    from sfpn_edge.backends import select
+
+    env = select.Environment.detect()
+    choice = select.choose(args.target, env)
+    result = {
+        "sfpn_edge": __version__,
+        "python": platform.python_version(),
+        "platform": env.platform.as_dict(),
+        "openvino_devices": list(env.openvino_devices) if env.openvino_devices is not None else None,
+        "onnxruntime_providers": list(env.ort_providers) if env.ort_providers is not None else None,
+        "versions": {"numpy": numpy.__version__, **env.versions},
+        "available_targets": select.available_targets(env),
+        "choice": choice.as_dict(),
+        "targets": {t: select.choose(t, env).as_dict() for t in select.available_targets(env)},
+    }
+    emit(result, args.json, _human)
+    return 0
+
+
+def _human(r: dict) -> str:
+    p, c = r["platform"], r["choice"]
+    versions = ", ".join(f"{k} {v.split('-')[0]}" for k, v in r["versions"].items())
+    return "\n".join([
+        f"sfpn-edge {r['sfpn_edge']} (Python {r['python']}; {versions})",
+        f"platform:   {p['system']} {p['arch']}, {p['cpu_model']}, {p['logical_cpus']} logical CPUs",
+        f"features:   {' '.join(p['features']) or '(none reported)'}"
+        f"{'  [int8 dot product]' if p['int8_dot'] else ''}",
+        f"openvino:   {_list(r['openvino_devices'])}",
+        f"onnxruntime: {_list(r['onnxruntime_providers'])}",
+        f"targets:    {', '.join(r['available_targets']) or '(none)'}",
+        f"{c['target']} -> {c['backend']} on {c['device']}: {c['reason']}",
+    ])
+
+
+def _list(items) -> str:
+    return "not installed" if items is None else (", ".join(items) or "(none)")

@@ -1,0 +1,40 @@
+"""The runtime path imports only numpy, OpenCV, ONNX Runtime / OpenVINO, the kernels and stdlib."""
+import json
+import subprocess
+import sys
+
+RUNTIME_MODULES = [
+    "sfpn_edge.io",
+    "sfpn_edge.detect.mtcnn",
+    "sfpn_edge.align",
+    "sfpn_edge.embed",
+    "sfpn_edge.score",
+    "sfpn_edge.pipeline",
+    "sfpn_edge.gallery",
+    "sfpn_edge.calibration",
+    "sfpn_edge.models",
+    "sfpn_edge.backends.select",
+    "sfpn_edge.cli",
+]
+OPTIONAL = ["onnx", "matio", "matplotlib", "rich", "scipy", "nncf", "pandas", "pytest"]
+
+
+def test_runtime_path_does_not_import_optional_dependencies():
+    code = (
+        "import importlib, json, sys\n"
+        f"for name in {RUNTIME_MODULES!r}: importlib.import_module(name)\n"
+        f"print(json.dumps([m for m in {OPTIONAL!r} if m in sys.modules]))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout) == []
+
+
+def test_cli_help_is_fast_and_imports_no_backend():
+    code = (
+        "import json, sys\n"
+        "from sfpn_edge.cli import build_parser\n"
+        "build_parser()\n"
+        "print(json.dumps([m for m in ('onnxruntime', 'openvino', 'onnx') if m in sys.modules]))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout) == []

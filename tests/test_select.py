@@ -1,0 +1,124 @@
+"""Target policy with injected machines, and the real one."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from sfpn_edge import platform_info
+from sfpn_edge.backends import open_model, select
+from sfpn_edge.backends.select import Environment, available_targets, choose
+from sfpn_edge.errors import SfpnError
+
+X86 = platform_info.PlatformInfo("Linux", "x86_64", "test x86", 4, ("avx2", "avx512f", "avx512_vnni"))
+ARM = platform_info.PlatformInfo("Linux", "aarch64", "test arm", 4, ("asimd", "asimddp"))
+ORT_CPU = ("CPUExecutionProvider",)
+ORT_XNN = ("XnnpackExecutionProvider", "CPUExecutionProvider")
+
+
+def env(plat=X86, ov=("CPU",), ort=ORT_CPU) -> Environment:
+    return Environment(plat, ov, ort)
+
+
+@pytest.mark.parametrize(
+    "machine, target, backend, device",
+    [
+        (env(), "cpu", "openvino", "CPU"),
+        (env(), "auto", "openvino", "CPU"),
+        (env(ov=None), "cpu", "onnxruntime", "CPU"),
+        (env(ov=("CPU", "GPU")), "auto", "openvino", "CPU"),
+        (env(ov=("CPU", "GPU", "NPU")), "auto", "openvino", "NPU"),
+        (env(ov=("CPU", "NPU")), "vpu", "openvino", "NPU"),
+        (env(ov=("CPU", "NPU")), "cpu", "openvino", "CPU"),
+        (env(ARM, ov=("CPU",), ort=ORT_XNN), "arm", "onnxruntime", "XNNPACK"),
+        (env(ARM, ov=("CPU",), ort=ORT_CPU), "arm", "onnxruntime", "CPU"),
+        (env(ARM, ov=None, ort=ORT_XNN), "cpu", "onnxruntime", "XNNPACK"),
+        (env(ARM, ov=None, ort=ORT_XNN), "AUTO", "onnxruntime", "XNNPACK"),
+    ],
+)
+def test_policy(machine, target, backend, device):
+    choice = choose(target, machine)
+    assert (choice.backend, choice.device) == (backend, device)
+    assert choice.target == target.lower() and choice.reason
+    assert choice.as_dict()["reason"] == choice.reason
+
+
+def test_reason_names_the_deciding_facts():
+    assert "avx512_vnni" in choose("cpu", env()).reason
+    assert "no XNNPACK" in choose("arm", env(ARM, ort=ORT_CPU)).reason
+    assert "static batch" in choose("vpu", env(ov=("CPU", "NPU"))).reason
+
+
+@pytest.mark.parametrize(
+    "machine, target, message",
+    [
+        (env(), "arm", r"needs an ARM CPU, this machine is x86_64; available targets: \['cpu', 'auto'\]"),
+        (env(), "vpu", r"NPU device, not present here \(OpenVINO devices: \['CPU'\]; MYRIAD"),
+        (env(ov=None), "vpu", "needs OpenVINO, which is not installed"),
+        (env(), "myriad", "removed from OpenVINO after 2022.3"),
+        (env(), "tpu", "unknown target 'tpu'"),
+        (env(ov=None, ort=()), "cpu", "no CPU backend is available"),
+        (env(ARM, ov=None, ort=()), "arm", "ONNX Runtime, which is not installed"),
+    ],
+)
+def test_unavailable_targets_are_clear_errors(machine, target, message):
+    with pytest.raises(SfpnError, match=message):
+        choose(target, machine)
+
+
+def test_available_targets():
+    assert available_targets(env()) == ["cpu", "auto"]
+    assert available_targets(env(ov=("CPU", "NPU"))) == ["cpu", "vpu", "auto"]
+    assert available_targets(env(ARM, ov=None, ort=ORT_XNN)) == ["cpu", "arm", "auto"]
+    assert available_targets(env(ov=None, ort=())) == []
+
+
+def test_cpuinfo_parsing():
+    x86 = "processor\t: 0\nmodel name\t: Some CPU\nflags\t\t: fpu sse4_2 avx2 avx512f avx512_vnni junk\n"
+    assert platform_info.parse_cpuinfo(x86, "x86_64") == ("Some CPU", ("sse4_2", "avx2", "avx512f", "avx512_vnni"))
+    arm = "processor\t: 0\nFeatures\t: fp asimd asimdhp asimddp i8mm\nCPU part\t: 0xd0c\n"
+    assert platform_info.parse_cpuinfo(arm, "arm64") == ("", ("asimd", "asimdhp", "asimddp", "i8mm"))
+    assert platform_info.PlatformInfo("Linux", "aarch64", "", 1, ("asimddp",)).int8_dot
+    assert not platform_info.PlatformInfo("Linux", "x86_64", "", 1, ("avx2",)).int8_dot
+
+
+def test_real_machine_choice_runs(tmp_path):
+    """The choice for this machine is one open_model can load and run."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "relu",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(tmp_path / "relu.onnx"))
+    here = Environment.detect()
+    assert here.platform.arch == platform_info.detect().arch
+    for target in available_targets(here):
+        choice = choose(target, here)
+        runner = open_model(tmp_path / "relu.onnx", choice.backend, device=choice.device)
+        x = np.array([[-1, 0, 2, -3]], np.float32)
+        np.testing.assert_array_equal(runner.run(x)[0], np.maximum(x, 0))
+    assert select.TARGETS == ("cpu", "arm", "vpu", "auto")
+
+
+def test_info_command(capsys):
+    import json
+
+    from sfpn_edge.cli import main
+
+    assert main(["info", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    here = Environment.detect()
+    assert report["platform"]["arch"] == here.platform.arch
+    assert report["platform"]["features"] == list(here.platform.features)
+    assert report["openvino_devices"] == list(here.openvino_devices)
+    assert report["choice"] == choose("auto", here).as_dict()
+    assert set(report["targets"]) == set(report["available_targets"]) == set(available_targets(here))
+    assert {"onnxruntime", "openvino", "numpy"} <= set(report["versions"])
+    assert main(["info", "--target", "cpu"]) == 0
+    assert "cpu -> " in capsys.readouterr().out
+    if "vpu" not in available_targets(here):
+        assert main(["info", "--target", "vpu"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("sfpn-edge info: error: target 'vpu'") and err.count("\n") == 1
