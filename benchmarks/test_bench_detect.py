@@ -12,7 +12,6 @@ import cv2
 import numpy as np
 import pytest
 
-from tests.conftest import cfp_root, mtcnn_dir, mtcnn_sdist, shared_dir  # noqa: F401
 
 SIZE = (640, 480)
 

@@ -17,7 +17,6 @@ import time
 import numpy as np
 import pytest
 
-from tests.conftest import cfp_root, dwc_mat, model_dir, shared_dir  # noqa: F401
 
 PRECISIONS = [("onnxruntime", "fp32"), ("onnxruntime", "int8"), ("openvino", "fp32"),
               ("openvino", "fp16"), ("openvino", "bf16"), ("openvino", "int8")]

@@ -12,7 +12,6 @@ import cv2
 import numpy as np
 import pytest
 
-from tests.conftest import cfp_root, dwc_mat, model_dir, mtcnn_dir, mtcnn_sdist, shared_dir  # noqa: F401
 
 pytestmark = pytest.mark.benchmark(warmup=True, warmup_iterations=3, min_rounds=15)
 

@@ -1,4 +1,5 @@
-"""Shared fixtures. Real model and data come from one setting: $SFPN_SHARED (default ../shared)."""
+"""Fixtures shared by tests/ and benchmarks/. Real model and data come from one setting:
+$SFPN_SHARED (default ../shared)."""
 from __future__ import annotations
 
 import os
@@ -6,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parent
 SHARED = Path(os.environ.get("SFPN_SHARED", REPO.parent / "shared")).resolve()
 DWC_MAT = SHARED / "models" / "squeezefaceposenet" / "SqueezeFacePoseNet_with_separable_DWC.mat"
 CFP_ROOT = SHARED / "data" / "cfp"
