@@ -98,15 +98,11 @@ def unsupported_reason(backend: str, precision: str) -> str:
 
 
 def model_path(model_dir: Path, backend: str, precision: str) -> Path:
-    """The file to load; OpenVINO bf16 is an inference-precision hint, so the fp32 IR serves it."""
+    """The file a CPU row loads (the runtime's own rule: bf16 runs the fp32 IR with a hint)."""
     from sfpn_edge import models
+    from sfpn_edge.embed import model_path as runtime_model_path
 
-    try:
-        return models.model_file(model_dir, backend, precision)
-    except SfpnError:
-        if backend == "openvino" and precision == "bf16":
-            return models.model_file(model_dir, backend, "fp32")
-        raise
+    return runtime_model_path(model_dir, models.load_manifest(model_dir), backend, precision)
 
 
 def model_candidates(
