@@ -38,3 +38,12 @@ def test_cli_help_is_fast_and_imports_no_backend():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert json.loads(out.stdout) == []
+
+
+def test_closed_stdout_is_not_a_traceback():
+    code = "from sfpn_edge.cli import main; raise SystemExit(main(['info']))"
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # like `sfpn-edge info | head -0`
+    _, err = proc.communicate(timeout=120)
+    assert b"Traceback" not in err
+    assert proc.returncode == 1

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from typing import Optional, Sequence
 
@@ -47,6 +48,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except SfpnError as exc:
         print(f"sfpn-edge {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the reader went away (e.g. `| head`): no traceback
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except KeyboardInterrupt:
         print(f"sfpn-edge {args.command}: interrupted", file=sys.stderr)
         return 130
