@@ -12,13 +12,13 @@ from pathlib import Path
 from typing import Any, Dict, Optional, Union
 
 from sfpn_edge import __version__, cache, models
+from sfpn_edge.align import MEAN_RGB
 from sfpn_edge.errors import SfpnError
 from sfpn_edge.converters.layergraph import Graph, build_graph, read_mat
 from sfpn_edge.converters.onnx_export import export_onnx
 from sfpn_edge.converters.openvino_export import export_openvino
 
 ONNX_FILE = "model.onnx"
-MEAN_RGB = [131.0912, 103.8827, 91.4953]   # the authors' per-channel training mean (usage.m)
 CROP_MARGIN = 0.1                          # square box of side max(w, h) * 1.1 (DESIGN.md §1)
 
 PathLike = Union[str, Path]
@@ -61,7 +61,7 @@ def _write(graph: Graph, out_dir: Path, source_sha256: str, source_name: str,
             "format_version": models.FORMAT_VERSION,
             "variant": graph.variant,
             "input_size": [h, w],
-            "mean": MEAN_RGB,
+            "mean": list(MEAN_RGB),  # the authors' per-channel training mean (usage.m)
             "colour_order": "RGB",
             "crop_margin": CROP_MARGIN,
             "descriptor_dim": graph.descriptor_dim,

@@ -34,7 +34,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from sfpn_edge import align
+from sfpn_edge import align, models
 from sfpn_edge.calibration import Calibration, gallery_key, resolve_calibration
 from sfpn_edge.detect import Detector, Face, check_image
 from sfpn_edge.detect.policy import Detection, find_face
@@ -55,9 +55,8 @@ STAGES = ("decode", "detect", "crop", "embed", "score")
 # lowest score whose FAR does not exceed the target (sfpn_edge.evaluate.metrics.tar_at_far).
 # Same run: 10-fold accuracy FF 96.57 / FP 87.43 % raw, 96.60 / 88.06 % with flip. Produced by
 #   python benchmarks/measure_pipeline.py --cfp ../shared/data/cfp --model DIR --cache /tmp/cfp_faces.npz
-DWC_SHA256 = "c90f1bbdee9e75f475063591764da7fd102da5521a079c0daedc029175533cce"
 BUILTIN_OPERATING_POINTS: Dict[str, Dict[bool, Dict[float, float]]] = {
-    DWC_SHA256: {
+    models.WEIGHTS_SHA256: {
         False: {1e-3: 0.8506, 2e-3: 0.8461, 5e-3: 0.8384, 1e-2: 0.8308, 2e-2: 0.8240, 5e-2: 0.8123,
                 1e-1: 0.8037},
         True: {1e-3: 0.8581, 2e-3: 0.8500, 5e-3: 0.8447, 1e-2: 0.8371, 2e-2: 0.8297, 5e-2: 0.8158,

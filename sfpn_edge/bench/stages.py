@@ -15,7 +15,6 @@ from sfpn_edge.bench.measure import percentiles_ms, time_calls
 from sfpn_edge.errors import SfpnError
 
 STAGES = ("align", "score", "detect", "verify")
-MEAN_RGB = (131.0912, 103.8827, 91.4953)
 FACE_SIZE = 113
 N_FACES = 32
 GALLERY, PROBES, TOP_K = 10_000, 64, 5
@@ -49,7 +48,7 @@ def align(spec: dict) -> tuple:
     """``align.crop_batch`` (fused warp + RGB + mean, NCHW) vs per-face OpenCV warpAffine + NumPy."""
     import cv2
 
-    from sfpn_edge.align import box_matrix, crop_batch
+    from sfpn_edge.align import MEAN_RGB, box_matrix, crop_batch
 
     cv2.setNumThreads(1)
     rng = np.random.default_rng(7)
