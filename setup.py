@@ -17,7 +17,7 @@ HERE = Path(__file__).parent
 def _compile_args() -> list:
     if sys.platform == "win32":
         return ["/O2"]
-    return ["-O3", "-fno-math-errno", "-Wno-unreachable-code"]
+    return ["-O3", "-pthread", "-fno-math-errno", "-Wno-unreachable-code"]
 
 
 extensions = [
@@ -27,6 +27,7 @@ extensions = [
         include_dirs=[np.get_include(), "kernels"],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
         extra_compile_args=_compile_args(),
+        extra_link_args=[] if sys.platform == "win32" else ["-pthread"],
     )
     for pyx in sorted((HERE / "kernels").glob("*.pyx"))
 ]

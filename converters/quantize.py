@@ -5,6 +5,7 @@
 * OpenVINO: NNCF post-training quantization of the fp32 model -> ``model_int8.xml`` when the
   ``quantize`` extra (nncf) is installed; otherwise the QDQ ONNX is converted to IR, which
   OpenVINO also runs as int8 (its FakeQuantize ops come from the Q/DQ pairs).
+* native engine: an int8 plan -> ``model_native_int8.npz`` (``converters.native_export``).
 
 Calibration crops come from face images (e.g. CFP); their source and count are recorded in the
 manifest under ``calibration``. Conversion-only dependencies (onnx, onnxruntime.quantization,
@@ -165,10 +166,13 @@ def quantize_openvino(fp32_model: Path, out_xml: Path, crops: np.ndarray, *,
 
 
 def quantize_model_dir(model_dir: Path, crops: np.ndarray, source: str, *, use_nncf: Optional[bool] = None) -> dict:
-    """Add int8 models for both backends to ``model_dir`` and record them in its manifest.
+    """Add int8 models for ONNX Runtime, OpenVINO and the native engine to ``model_dir`` and
+    record them in its manifest.
 
     ``source`` says where the calibration crops came from (recorded with their count).
     """
+    from sfpn_edge.converters import native_export   # imports this module
+
     model_dir = Path(model_dir)
     manifest = models.load_manifest(model_dir)
     h, w = manifest["input_size"]
@@ -183,7 +187,10 @@ def quantize_model_dir(model_dir: Path, crops: np.ndarray, source: str, *, use_n
     with tempfile.TemporaryDirectory(dir=model_dir, prefix=".quantize-") as tmp:
         tmp = Path(tmp)
         quantize_onnx(fp32_onnx, tmp / ORT_INT8, crops)
-        made = [ORT_INT8]
+        made = [ORT_INT8, native_export.NATIVE_INT8]
+        plan, arrays = native_export.build_plan(fp32_onnx, crops, manifest["mean"], source)
+        native_export.save_plan(tmp / native_export.NATIVE_INT8, plan, arrays)
+        record["native"] = native_export.describe(plan)
         if "openvino" in files:
             fp32_ov = models.model_file(model_dir, "openvino", "fp32")
             how = quantize_openvino(fp32_ov, tmp / OV_INT8, crops, qdq_onnx=tmp / ORT_INT8, use_nncf=use_nncf)
@@ -194,6 +201,7 @@ def quantize_model_dir(model_dir: Path, crops: np.ndarray, source: str, *, use_n
             (tmp / name).chmod(0o644)
             os.replace(tmp / name, model_dir / name)
     files["onnxruntime"]["int8"] = ORT_INT8
+    files["native"] = {"int8": native_export.NATIVE_INT8}
     if "openvino" in record:
         files["openvino"]["int8"] = OV_INT8
     manifest["calibration"] = record

@@ -247,7 +247,7 @@ SFPN_HOT static void sfpn_idots_portable(const int8_t *q, const int8_t *g, size_
  * so the raw result is q.g + 128 * sum(g); the caller subtracts the precomputed row sums.
  * Rows are read one after the other (a single sequential stream: interleaving four rows was
  * measured 2x slower on a 100k-row gallery that does not fit in cache), with two chains. */
-__attribute__((target("avx512vnni,avx512bw,avx512vl,avx512f"))) static void sfpn_idots_vnni(
+SFPN_VNNI static void sfpn_idots_vnni(
     const uint8_t *qu, const int8_t *g, size_t rows, size_t d, int32_t *out) {
     size_t full = d / 64, rem = d % 64;
     __mmask64 tail = rem ? (((__mmask64)1 << rem) - 1) : 0;
@@ -273,9 +273,7 @@ __attribute__((target("avx512vnni,avx512bw,avx512vl,avx512f"))) static void sfpn
 static int sfpn_use_vnni(void) {
 #ifdef SFPN_X86
     if (sfpn_scoring_portable) return 0;
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512bw") &&
-           __builtin_cpu_supports("avx512vl");
+    return sfpn_cpu_has_vnni();
 #else
     return 0;
 #endif

@@ -14,6 +14,19 @@
 #define SFPN_HOT
 #endif
 
+/* Explicit AVX-512 VNNI functions (GCC 12's target_clones takes no ISA names), used only after
+ * sfpn_cpu_has_vnni() said yes. */
+#if defined(__x86_64__) && defined(__GNUC__)
+#define SFPN_VNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni")))
+static inline int sfpn_cpu_has_vnni(void) {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512vl");
+}
+#else
+static inline int sfpn_cpu_has_vnni(void) { return 0; }
+#endif
+
 /* Keep float expressions exactly as written (no a*b+c -> FMA contraction), for loops that must
  * match a NumPy reference bit for bit. */
 #if defined(__GNUC__) && !defined(__clang__)

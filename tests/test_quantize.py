@@ -60,6 +60,8 @@ def test_int8_files_and_manifest(int8_dir):
     assert (int8_dir / "model_int8.bin").is_file()
     record = manifest["calibration"]
     assert record["count"] == CALIBRATION and "CFP" in record["source"]
+    assert manifest["files"]["native"] == {"int8": "model_native_int8.npz"} and "max over 32" in record["native"]
+    assert models.model_file(int8_dir, "native", "int8").stat().st_mode & 0o777 == 0o644
     ops = {n.op_type for n in onnx.load(str(int8_dir / "model_int8.onnx")).graph.node}
     assert {"QuantizeLinear", "DequantizeLinear", "Conv"} <= ops
     weights = [init for init in onnx.load(str(int8_dir / "model_int8.onnx")).graph.initializer
@@ -70,14 +72,15 @@ def test_int8_files_and_manifest(int8_dir):
     assert size < 0.4 * (int8_dir / "model.onnx").stat().st_size
 
 
-@pytest.mark.parametrize("backend, min_cos", [("onnxruntime", 0.97), ("openvino", 0.98)])
+@pytest.mark.parametrize("backend, min_cos", [("onnxruntime", 0.97), ("openvino", 0.98), ("native", 0.98)])
 def test_int8_accuracy_on_cfp_fp_subset(int8_dir, fp_subset, backend, min_cos):
     """int8 descriptors stay close to fp32 and verification decisions barely change."""
     from sfpn_edge.evaluate.runner import embed_samples
     from sfpn_edge.score import cosine_pairs
 
     samples, pairs, labels = fp_subset
-    ref = embed_samples(samples, FaceEmbedder(int8_dir, backend, "fp32"), crop="fiducials").vectors
+    fp32 = "onnxruntime" if backend == "native" else backend   # the native backend runs int8 only
+    ref = embed_samples(samples, FaceEmbedder(int8_dir, fp32, "fp32"), crop="fiducials").vectors
     got = embed_samples(samples, FaceEmbedder(int8_dir, backend, "int8"), crop="fiducials").vectors
     assert np.median((ref * got).sum(1)) > 0.99 and (ref * got).sum(1).min() > min_cos
     s_ref, s_got = cosine_pairs(ref[pairs[:, 0]], ref[pairs[:, 1]]), cosine_pairs(got[pairs[:, 0]], got[pairs[:, 1]])

@@ -42,6 +42,28 @@ def test_policy(machine, target, backend, device):
     assert choice.as_dict()["reason"] == choice.reason
 
 
+X86_AVX2 = platform_info.PlatformInfo("Linux", "x86_64", "old x86", 4, ("avx2", "fma"))
+
+
+@pytest.mark.parametrize(
+    "machine, target, backend, device",
+    [
+        (env(), "cpu", "native", "CPU"),                       # AVX-512 VNNI: our own int8 kernels
+        (env(), "auto", "native", "CPU"),
+        (env(ov=None), "cpu", "native", "CPU"),
+        (env(X86_AVX2), "cpu", "openvino", "CPU"),             # no VNNI: OpenVINO's int8
+        (env(X86_AVX2, ov=None), "auto", "onnxruntime", "CPU"),
+        (env(ov=("CPU", "NPU")), "auto", "openvino", "NPU"),   # an NPU still wins for auto
+        (env(ARM, ov=None, ort=ORT_XNN), "cpu", "onnxruntime", "XNNPACK"),
+    ],
+)
+def test_int8_policy(machine, target, backend, device):
+    choice = choose(target, machine, precision="int8")
+    assert (choice.backend, choice.device) == (backend, device)
+    if backend == "native":
+        assert "VNNI" in choice.reason
+
+
 def test_reason_names_the_deciding_facts():
     assert "avx512_vnni" in choose("cpu", env()).reason
     assert "no XNNPACK" in choose("arm", env(ARM, ort=ORT_CPU)).reason

@@ -3,7 +3,8 @@
     model = open_model("model.onnx", backend="onnxruntime", threads=1)
     (descriptor,) = model.run(batch)
 
-``open_model`` loads any ONNX / OpenVINO IR file (the face model, the MTCNN nets ...); target
+``open_model`` loads any ONNX / OpenVINO IR file (the face model, the MTCNN nets ...) and the
+native int8 plan of the face model; target
 selection (which backend and device suit this machine) lives in ``sfpn_edge.backends.select``.
 """
 from __future__ import annotations
@@ -14,9 +15,10 @@ from typing import Optional, Union
 from sfpn_edge.backends.base import PRECISIONS, Backend, TensorSpec, check_threads
 from sfpn_edge.errors import SfpnError
 
-BACKENDS = ("onnxruntime", "openvino")
+BACKENDS = ("onnxruntime", "openvino")      # run any ONNX / OpenVINO IR file
+FACE_BACKENDS = BACKENDS + ("native",)      # the face model also has a native int8 plan
 
-__all__ = ["BACKENDS", "PRECISIONS", "Backend", "TensorSpec", "open_model"]
+__all__ = ["BACKENDS", "FACE_BACKENDS", "PRECISIONS", "Backend", "TensorSpec", "open_model"]
 
 
 def open_model(
@@ -34,8 +36,9 @@ def open_model(
     ``precision`` labels what the file holds (fp32 / int8) and, for OpenVINO, pins the inference
     precision (fp32 -> f32, bf16 explicit). ``threads`` None keeps the library default (one per
     core). ``cache_dir`` enables compiled-model caching (ORT optimized graph / OpenVINO blob) so
-    the next start is faster. Backend-specific ``options``: onnxruntime ``spinning``, openvino
-    ``batch`` (reshape to a static batch, as NPU requires).
+    the next start is faster (a native plan has nothing to compile). Backend-specific ``options``:
+    onnxruntime ``spinning``, openvino ``batch`` (reshape to a static batch, as NPU requires),
+    native ``portable`` (skip the VNNI kernels).
     """
     threads = check_threads(threads)
     if precision not in PRECISIONS:
@@ -51,4 +54,8 @@ def open_model(
 
         return OpenVinoBackend(path, device=device, precision=precision, threads=threads,
                                cache_dir=cache, **options)
-    raise SfpnError(f"unknown backend {backend!r}; choose from {BACKENDS}")
+    if backend == "native":
+        from sfpn_edge.backends.native_backend import NativeBackend
+
+        return NativeBackend(path, device=device, precision=precision, threads=threads, **options)
+    raise SfpnError(f"unknown backend {backend!r}; choose from {FACE_BACKENDS}")

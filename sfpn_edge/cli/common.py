@@ -9,6 +9,7 @@ import argparse
 import os
 from pathlib import Path
 
+from sfpn_edge.backends import FACE_BACKENDS
 from sfpn_edge.errors import ModelError
 
 MODEL_ENV = "SFPN_EDGE_MODEL"
@@ -20,8 +21,9 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--model", type=Path, metavar="DIR",
                        help=f"converted model directory (default: ${MODEL_ENV}, else the model "
                             "`sfpn-edge fetch-weights` put in the cache)")
-    group.add_argument("--backend", default="onnxruntime", choices=("onnxruntime", "openvino"),
-                       help="inference backend (default: onnxruntime)")
+    group.add_argument("--backend", default="onnxruntime", choices=FACE_BACKENDS,
+                       help="inference backend (default: onnxruntime; native runs the int8 plan on "
+                            "sfpn-edge's own kernels: use with --precision int8)")
     group.add_argument("--precision", default="fp32",
                        help="model precision listed in the model's manifest, e.g. fp32, fp16, int8 (default: fp32)")
     group.add_argument("--threads", type=_positive_int, default=None, metavar="N",

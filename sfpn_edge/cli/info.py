@@ -12,7 +12,7 @@ def register(subparsers) -> None:
         help="show the platform, CPU features, inference devices and the backend a target picks",
         description="Report the architecture, CPU model and features (SIMD, int8 dot product, bf16), "
                     "OpenVINO devices, ONNX Runtime providers, library versions, the targets usable "
-                    "here, and which backend + device --target (default auto) chooses and why.",
+                    "here, and which backend + device --target (default auto) chooses and why, for fp32 and for int8.",
     )
     parser.add_argument("--target", default="auto", metavar="T",
                         help="target to resolve: cpu, arm, vpu or auto (default auto); an unavailable "
@@ -40,6 +40,7 @@ def run(args: argparse.Namespace) -> int:
         "versions": {"numpy": numpy.__version__, **env.versions},
         "available_targets": select.available_targets(env),
         "choice": choice.as_dict(),
+        "choice_int8": select.choose(args.target, env, precision="int8").as_dict(),
         "targets": {t: select.choose(t, env).as_dict() for t in select.available_targets(env)},
     }
     emit(result, args.json, _human)
@@ -47,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _human(r: dict) -> str:
-    p, c = r["platform"], r["choice"]
+    p, c, i8 = r["platform"], r["choice"], r["choice_int8"]
     versions = ", ".join(f"{k} {v.split('-')[0]}" for k, v in r["versions"].items())
     return "\n".join([
         f"sfpn-edge {r['sfpn_edge']} (Python {r['python']}; {versions})",
@@ -58,6 +59,7 @@ def _human(r: dict) -> str:
         f"onnxruntime: {_list(r['onnxruntime_providers'])}",
         f"targets:    {', '.join(r['available_targets']) or '(none)'}",
         f"{c['target']} -> {c['backend']} on {c['device']}: {c['reason']}",
+        f"{c['target']}, int8 -> {i8['backend']} on {i8['device']}: {i8['reason']}",
     ])
 
 
