@@ -41,6 +41,7 @@ cdef extern from "engine_c.h" nogil:
     ctypedef struct sfpn_team:
         pass
     int sfpn_cpu_has_vnni()
+    double sfpn_int8_peak(long rounds)
     void sfpn_engine_init_arena(const sfpn_eplan *pl, uint8_t *arena, size_t nbytes)
     void sfpn_engine_run(const sfpn_eplan *pl, const float *x, float *out, uint8_t *arena, float *sums)
     int sfpn_team_start(sfpn_team *t, int n)
@@ -63,6 +64,17 @@ _KINDS = {"conv": SFPN_OP_CONV, "dwconv": SFPN_OP_DWCONV, "maxpool": SFPN_OP_MAX
 def cpu_has_vnni():
     """True when this CPU runs the AVX-512 VNNI kernels."""
     return bool(sfpn_cpu_has_vnni())
+
+
+def int8_peak_macs(long rounds=20_000_000):
+    """Best-case int8 multiply-adds per second on one core (register-only vpdpbusd chains; 0.0
+    without VNNI): the ceiling a model's MACs / latency can be compared against."""
+    if rounds < 1:
+        raise ValueError(f"rounds must be positive, got {rounds}")
+    cdef double peak
+    with nogil:
+        peak = sfpn_int8_peak(rounds)
+    return peak
 
 
 def _int(d, str key, str where, int lo, int hi):

@@ -24,6 +24,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
+#include <time.h>
 #include "simd.h"
 #ifdef __linux__
 #include <linux/futex.h>
@@ -486,12 +487,43 @@ static void sfpn_engine_init_arena(const sfpn_eplan *pl, uint8_t *arena, size_t 
     for (size_t i = 0; i < pixels; i++) memcpy(arena + b->offset + i * 4, pl->pad, 4);
 }
 
+/* ------------------------------------------------------------------ compute ceiling */
+
+/* int8 multiply-adds per second one core can issue at best: ``rounds`` x 12 independent vpdpbusd
+ * chains (64 MACs each) on register operands (0 where the CPU has no VNNI). Compare a model's
+ * MACs / this rate with its measured latency to see how far from the hardware a backend runs. */
+#ifdef SFPN_ENGINE_X86
+SFPN_VNNI static double sfpn_vnni_peak(long rounds) {
+    __m512i a = _mm512_set1_epi8(1), b = _mm512_set1_epi8(2), acc[12];
+    SFPN_UNROLL for (int i = 0; i < 12; i++) acc[i] = _mm512_setzero_si512();
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    for (long r = 0; r < rounds; r++)
+        SFPN_UNROLL for (int i = 0; i < 12; i++) SFPN_DPBUSD(acc[i], a, b);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    __m512i all = acc[0];
+    SFPN_UNROLL for (int i = 1; i < 12; i++) all = _mm512_add_epi32(all, acc[i]);
+    volatile int sink = _mm512_reduce_add_epi32(all);   /* every chain is live: none is dropped */
+    (void)sink;
+    double seconds = (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec);
+    return seconds > 0 ? (double)rounds * 12 * 64 / seconds : 0.0;
+}
+#endif
+
+static double sfpn_int8_peak(long rounds) {
+#ifdef SFPN_ENGINE_X86
+    if (sfpn_cpu_has_vnni()) return sfpn_vnni_peak(rounds);
+#endif
+    (void)rounds;
+    return 0.0;
+}
+
 /* ------------------------------------------------------------------ thread team */
 
 #define SFPN_ENGINE_MAX_THREADS 64
 
 /* Threads that run one image together. Idle members sleep on a futex (Linux; elsewhere they
- * yield), after a short spin: a team never keeps a core busy between images. */
+ * yield): a team never keeps a core busy between images. */
 typedef struct sfpn_team sfpn_team;
 typedef struct { sfpn_team *team; int tid; } sfpn_member;
 
@@ -508,12 +540,18 @@ struct sfpn_team {
     int started;                    /* workers running */
 };
 
+/* Wait until *word != seen: a short spin (the partner is usually microseconds away), then a few
+ * yields (a busy machine may have put the partner on this core), then sleep on the futex. */
 static void sfpn_wait_change(_Atomic int *word, int seen) {
-    for (int spin = 0; spin < 20000; spin++) {
+    for (int spin = 0; spin < 2000; spin++) {
         if (atomic_load_explicit(word, memory_order_acquire) != seen) return;
 #ifdef SFPN_ENGINE_X86
         _mm_pause();
 #endif
+    }
+    for (int yield = 0; yield < 20; yield++) {
+        if (atomic_load_explicit(word, memory_order_acquire) != seen) return;
+        sched_yield();
     }
     while (atomic_load_explicit(word, memory_order_acquire) == seen) {
 #ifdef __linux__

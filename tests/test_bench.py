@@ -9,13 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from sfpn_edge.bench import configs, report
+from sfpn_edge.bench import baseline, configs, report
 from sfpn_edge.bench.measure import child_env, min_cosine_rows, probe_batch, time_calls
 from sfpn_edge.errors import SfpnError
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL_KEYS = {"backend", "precision", "threads", "status"}
-MEASURED = ("p50_ms", "p95_ms", "throughput_fps", "cold_start_s", "peak_rss_mb", "model_size_mb", "cosine_vs_fp32")
+MEASURED = ("p50_ms", "p95_ms", "throughput_fps", "cold_start_s", "peak_rss_mb", "model_size_mb", "cosine_vs_fp32",
+            "speedup_vs_baseline")
 
 
 def bench(args, home: Path, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -45,9 +46,17 @@ def test_quick_json_schema(quick_run):
     assert result["settings"]["quick"] is True and result["settings"]["cfp_root"] is None
     rows = result["rows"]
     assert all(MODEL_KEYS <= set(r) for r in rows)
-    # every backend x precision appears, measured or with a reason
+    # the baseline first, then every backend x precision, measured or with a reason
+    base, *rows = rows
+    assert base["baseline"] is True and base["label"] == "ONNX Runtime, default session"
+    assert (base["backend"], base["precision"], base["threads"], base["status"]) == ("onnxruntime", "fp32", None, "ok")
+    assert base["describe"]["session"] == "default SessionOptions" and base["describe"]["intra_op_num_threads"] == 0
+    assert not any(r.get("baseline") for r in rows)
     assert {(r["backend"], r["precision"]) for r in rows} == {
         (b, p) for b in configs.BACKENDS for p in configs.PRECISIONS}
+    assert "native" in configs.BACKENDS
+    assert {r["reason"] for r in rows if r["backend"] == "native" and r["precision"] != "int8"} == {
+        "native offers int8 only"}
     for r in rows:
         assert r["status"] in ("ok", "not available", "failed")
         if r["status"] != "ok":
@@ -59,13 +68,14 @@ def test_quick_values_are_measurements(quick_run):
     _, result, _ = quick_run
     ok = [r for r in result["rows"] if r["status"] == "ok"]
     assert {(r["backend"], r["precision"], r["threads"]) for r in ok} >= {
-        ("onnxruntime", "fp32", 1), ("openvino", "fp32", 1), ("openvino", "fp16", 1)}
+        ("onnxruntime", "fp32", 1), ("openvino", "fp32", 1), ("openvino", "fp16", 1),
+        ("native", "int8", 1), ("native", "int8", 2)}  # the bench builds the native plan with the int8 models
     for r in ok:
         for key in MEASURED:
             assert isinstance(r[key], float) and r[key] > 0, (key, r)
         assert r["p95_ms"] >= r["p50_ms"]
         assert r["throughput_fps"] >= 1e3 / r["p50_ms"] * 0.999  # best batch is at least batch 1
-        assert 50 < r["peak_rss_mb"] < 4000
+        assert 20 < r["peak_rss_mb"] < 4000  # the native engine needs no runtime library: ~45 MB
         assert 0.5 < r["model_size_mb"] < 10  # 694k parameters: ~2.8 MB fp32, ~1.4 MB fp16
         assert r["cold_start_s"] < 60
         assert "cfp_fp_accuracy" not in r  # synthetic weights: no accuracy
@@ -73,10 +83,33 @@ def test_quick_values_are_measurements(quick_run):
     assert all(r["cosine_vs_fp32"] > 0.9999 for r in fp32)  # same arithmetic, other backend / threads
     fp16 = [r for r in ok if r["precision"] == "fp16"]
     assert fp16 and all(r["model_size_mb"] < 0.6 * fp32[0]["model_size_mb"] for r in fp16)
+    native = [r for r in ok if r["backend"] == "native"]
+    assert all(r["model"] == "model_native_int8.npz" and r["model_size_mb"] < 0.4 * fp32[0]["model_size_mb"]
+               and r["cosine_vs_fp32"] > 0.99 and r["describe"]["isa"] in r["note"] for r in native)
+    # every row's speed-up is the baseline's p50 over its own
+    (base,) = [r for r in ok if r.get("baseline")]
+    assert base["speedup_vs_baseline"] == 1.0
+    for r in ok:
+        assert r["speedup_vs_baseline"] == pytest.approx(base["p50_ms"] / r["p50_ms"])
     # winners point at real values of measured rows
     for key, value in result["winners"].items():
         assert value in [r.get(key) for r in ok]
     assert result["winners"]["p50_ms"] == min(r["p50_ms"] for r in ok)
+    assert result["winners"]["speedup_vs_baseline"] == max(r["speedup_vs_baseline"] for r in ok)
+
+
+def test_quick_speed_target_is_computed_from_the_rows(quick_run):
+    _, result, _ = quick_run
+    ok = [r for r in result["rows"] if r["status"] == "ok"]
+    target = result["speed_target"]
+    best = min((r for r in ok if r["precision"] == "int8" and r["threads"] == 1), key=lambda r: r["p50_ms"])
+    assert target["best_int8_1_thread"] == {k: best[k] for k in ("backend", "threads", "p50_ms", "speedup_vs_baseline")}
+    assert target["baseline_p50_ms"] == next(r["p50_ms"] for r in ok if r.get("baseline"))
+    assert target["latency_met"] is (best["p50_ms"] <= 1.0)
+    assert target["speedup_met"] is (best["speedup_vs_baseline"] >= 2.0)
+    assert target["met"] is (target["latency_met"] and target["speedup_met"])
+    assert target["text"].endswith(" MET") and (" NOT MET" in target["text"]) is (not target["met"])
+    assert f"{best['backend']} int8 x1 {best['p50_ms']:.2f} ms/face" in target["text"]
 
 
 def test_quick_stages_rows(quick_run):
@@ -99,6 +132,10 @@ def test_quick_outputs(quick_run):
         assert r["backend"] in proc.stdout
     markdown = (home / "result.md").read_text()
     assert markdown.count("| onnxruntime |") >= 1 and "**" in markdown
+    assert "| ONNX Runtime, default session | fp32 | default |" in markdown and "| native | int8 | 1 |" in markdown
+    assert "vs ORT default" in markdown and "| 1.00x |" in markdown
+    for text in (markdown, proc.stdout):
+        assert f"Speed target (issue 5): {result['speed_target']['text']}" in text.replace("\n", " ")
     for name in ("latency.png", "latency_vs_accuracy.png"):
         data = (home / "plots" / name).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
@@ -112,8 +149,9 @@ def test_authors_mat_converted_on_the_fly(dwc_mat, tmp_path):
     result = json.loads((tmp_path / "r.json").read_text())
     assert result["model"]["kind"] == "authors" and "authors' trained weights" in result["model"]["label"]
     assert (tmp_path / "bench").is_dir()  # converted into the cache, reused next time
-    (row,) = result["rows"]
-    assert row["status"] == "ok" and row["p50_ms"] > 0
+    base, row = result["rows"]
+    assert base["baseline"] and row["status"] == base["status"] == "ok" and row["p50_ms"] > 0
+    assert row["speedup_vs_baseline"] == pytest.approx(base["p50_ms"] / row["p50_ms"])
 
 
 @pytest.mark.parametrize("args, message", [
@@ -138,6 +176,27 @@ def test_parse_helpers():
     with pytest.raises(SfpnError):
         configs.parse_threads("two")
     assert configs.unsupported_reason("onnxruntime", "fp16").startswith("onnxruntime offers")
+    assert configs.unsupported_reason("native", "fp32") == "native offers int8 only"
+
+
+def test_candidates_without_a_native_plan(model_dir):
+    """A converted but not quantized directory: the native row is skipped with the reason."""
+    (row,) = configs.model_candidates(model_dir, ["native"], ["int8"], [1, 2])
+    assert not row.available and row.threads is None and "no model for backend 'native'" in row.reason
+    base = configs.baseline_candidate(model_dir)
+    assert base.available and base.baseline and base.model.name == "model.onnx"
+    assert base.label == "ONNX Runtime, default session"
+
+
+def test_no_baseline_flag_and_missing_native_plan(model_dir, tmp_path):
+    proc = bench(["--quick", "--weights", str(model_dir), "--backends", "native", "--precisions", "int8",
+                  "--stages", "none", "--no-baseline", "--no-progress", "--json", str(tmp_path / "r.json")], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((tmp_path / "r.json").read_text())
+    (row,) = result["rows"]
+    assert row["status"] == "not available" and "no model for backend 'native'" in row["reason"]
+    assert result["speed_target"]["met"] is None
+    assert result["speed_target"]["text"] == "speed target not evaluated: no measured baseline row in this run"
 
 
 def test_child_env_pins_threads_only(monkeypatch):
@@ -204,6 +263,47 @@ def test_plain_and_markdown_rendering():
                 dict(ROWS[1], cfp_ff_accuracy=95.8, cfp_fp_accuracy=86.9, cfp_fp_eer=13.0)]
     md = report.render_markdown(_result(with_acc))
     assert "CFP-FP %" in md and "**86.90**" in md and "**95.90**" in md
+
+
+BASE = {"backend": "onnxruntime", "precision": "fp32", "threads": None, "baseline": True, "status": "ok",
+        "label": "ONNX Runtime, default session", "p50_ms": 3.3, "p95_ms": 4.0}
+
+
+def _int8(backend: str, threads: int, p50: float) -> dict:
+    return {"backend": backend, "precision": "int8", "threads": threads, "status": "ok", "p50_ms": p50, "p95_ms": p50}
+
+
+@pytest.mark.parametrize("rows, met, verdict", [
+    ([BASE, _int8("native", 1, 0.9), _int8("native", 2, 0.5), _int8("openvino", 1, 2.0)], True,
+     "best int8: native int8 x2 0.50 ms/face, 6.60x vs default ORT (3.30 ms/face); at 1 thread: native int8 x1 "
+     "0.90 ms/face, 3.67x; target (<= 1 ms/face at 1 thread: met; >= 2x: met) MET"),
+    ([BASE, _int8("native", 1, 1.2)], False, "(<= 1 ms/face at 1 thread: NOT met; >= 2x: met) NOT MET"),
+    ([BASE, _int8("openvino", 1, 1.8), _int8("openvino", 2, 0.9)], False,
+     "at 1 thread: openvino int8 x1 1.80 ms/face, 1.83x; target (<= 1 ms/face at 1 thread: NOT met; >= 2x: NOT met)"),
+    ([dict(BASE, p50_ms=1.5), _int8("native", 1, 0.95)], False, "(<= 1 ms/face at 1 thread: met; >= 2x: NOT met)"),
+    ([BASE, _int8("native", 2, 0.5)], None, "speed target not evaluated: no int8 row at 1 thread"),
+    ([dict(BASE, status="failed"), _int8("native", 1, 0.5)], None, "no measured baseline row"),
+    ([BASE, dict(_int8("native", 1, 0.5), status="not available")], None, "no measured int8 row"),
+])
+def test_speed_target_verdict(rows, met, verdict):
+    rows = [dict(r) for r in rows]
+    baseline.add_speedups(rows)
+    target = baseline.speed_target(rows)
+    assert target["met"] is met and verdict in target["text"]
+    if met is not None:
+        assert target["latency_met"] is (target["best_int8_1_thread"]["p50_ms"] <= 1.0)
+
+
+def test_baseline_row_rendering():
+    rows = [dict(r) for r in [BASE, _int8("native", 1, 1.65)]]
+    baseline.add_speedups(rows)
+    result = dict(_result(rows), speed_target=baseline.speed_target(rows))
+    md = report.render_markdown(result)
+    assert "| ONNX Runtime, default session | fp32 | default | 3.30 | 1.00x |" in md
+    assert "| native | int8 | 1 | **1.65** | **2.00x** |" in md
+    assert "**Speed target (issue 5): best int8: native int8 x1 1.65 ms/face, 2.00x" in md
+    text = report.render_text(result)
+    assert "ONNX Runtime, default session" in text and "2.00x*" in text and "NOT MET" in text
 
 
 def test_rich_missing_falls_back_to_plain(monkeypatch, capsys):
@@ -275,6 +375,8 @@ def test_full_run_adds_accuracy_columns(model_dir, mini_cfp, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads((tmp_path / "r.json").read_text())
     assert result["settings"]["cfp_root"] == str(mini_cfp) and result["settings"]["quick"] is False
-    ok = [r for r in result["rows"] if r["status"] == "ok"]
+    ok = [r for r in result["rows"] if r["status"] == "ok" and not r.get("baseline")]
     assert len(ok) == 1 and 0 < ok[0]["cfp_fp_accuracy"] <= 100 and 0 <= ok[0]["cfp_fp_eer"] <= 100
+    base = next(r for r in result["rows"] if r.get("baseline"))
+    assert "cfp_fp_accuracy" not in base  # the same model.onnx as the ORT fp32 row: evaluated once, there
     assert "CFP-FP %" in proc.stdout and any("accuracy: CFP 10-fold" in n for n in result["notes"])

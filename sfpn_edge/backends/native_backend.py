@@ -19,6 +19,7 @@ from sfpn_edge.backends.base import BackendBase, TensorSpec, check_model_file
 from sfpn_edge.errors import ModelError, SfpnError
 from sfpn_edge.kernels.engine import MAX_THREADS, Int8Engine, cpu_has_vnni
 
+PRECISIONS = ("int8",)
 PLAN_FORMAT = "sfpn-native-int8"
 PLAN_VERSION = 1
 
@@ -58,7 +59,7 @@ class NativeBackend(BackendBase):
         path = check_model_file(path, (".npz",))
         if device.upper() != "CPU":
             raise SfpnError(f"the native backend runs on the CPU only, not {device!r}")
-        if precision != "int8":
+        if precision not in PRECISIONS:
             raise SfpnError(f"the native backend runs int8 plans only, not {precision!r}")
         super().__init__(path, "CPU", precision, threads)
         plan, arrays = load_plan(path)

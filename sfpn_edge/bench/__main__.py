@@ -1,9 +1,10 @@
 """``python -m sfpn_edge.bench``: which backend, precision and thread count is best on this machine?
 
 With no arguments it measures every available backend x precision x {1, 2} threads on the
-default model (trained weights when found, else synthetic ones), each in a fresh process, adds
-CFP accuracy when the CFP set is found, times the pipeline stages, and prints one table with the
-best value of each column highlighted.
+default model (trained weights when found, else synthetic ones), each in a fresh process, next to
+a baseline (ONNX Runtime's default session on the fp32 model) that every row's speed-up is
+computed against, adds CFP accuracy when the CFP set is found, times the pipeline stages, and
+prints one table with the best value of each column highlighted plus issue 5's speed-target verdict.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import time
 from pathlib import Path
 from typing import List, Optional, Sequence
 
-from sfpn_edge.bench import configs, model_source, report
+from sfpn_edge.bench import baseline, configs, model_source, report
 from sfpn_edge.bench.measure import min_cosine_rows, run_child
 from sfpn_edge.bench.progress import Progress
 from sfpn_edge.bench.stages import STAGES
@@ -42,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backends", metavar="LIST", help=f"comma list from {','.join(configs.BACKENDS)}")
     p.add_argument("--precisions", metavar="LIST", help=f"comma list from {','.join(configs.PRECISIONS)}")
     p.add_argument("--threads", metavar="LIST", help="comma list of thread counts (default 1,2)")
+    p.add_argument("--no-baseline", action="store_true",
+                   help=f"skip the '{configs.BASELINE_LABEL}' row (plain InferenceSession on the fp32 model, "
+                        "default options) that the speed-up column and the speed target are computed against")
     p.add_argument("--stages", metavar="LIST", default=",".join(STAGES),
                    help=f"pipeline stages to time, comma list from {','.join(STAGES)}, or 'none'")
     p.add_argument("--json", metavar="FILE", help="write the full result as JSON")
@@ -83,15 +87,23 @@ def model_rows(candidates: Sequence[configs.Candidate], source: model_source.Mod
     rows = []
     for i, cand in enumerate(candidates):
         row = {"backend": cand.backend, "precision": cand.precision, "threads": cand.threads}
+        if cand.baseline:
+            row.update(baseline=True, label=cand.label)
         if not cand.available:
             rows.append({**row, "status": "not available", "reason": cand.reason})
             continue
         out = workdir / f"probe-{i}.npy"
         spec = {"kind": "model", "backend": cand.backend, "precision": cand.precision, "threads": cand.threads,
-                "model": str(cand.model), "input_size": manifest_size, "settings": settings.as_dict(),
-                "output": str(out)}
+                "baseline": cand.baseline, "model": str(cand.model), "input_size": manifest_size,
+                "settings": settings.as_dict(), "output": str(out)}
         result = progress.step(f"{cand.label}", lambda: run_child(spec))
         row.update(result, model=cand.model.name, model_size_mb=file_size_mb(cand.model))
+        if cand.baseline:
+            row["note"] = "reference for the speed-up column: default SessionOptions, threads chosen by ORT"
+        elif result.get("describe", {}).get("isa"):  # the native engine: which kernels, how many threads per face
+            described = result["describe"]
+            per_face = f", {described['engine_threads']} thread(s) per face" if "engine_threads" in described else ""
+            row["note"] = f"{described['isa']} kernels{per_face}"
         if out.is_file():
             row["probe"] = out
         rows.append(row)
@@ -109,17 +121,18 @@ def add_accuracy(rows: List[dict], source: model_source.ModelSource, root: Path,
     Threads do not change the arithmetic, so each backend x precision is evaluated once (at the
     largest thread count) and its numbers go to all its rows. Returns report notes.
     """
-    configs_ok = list(dict.fromkeys((r["backend"], r["precision"]) for r in rows if r.get("status") == "ok"))
+    measured = [r for r in rows if r.get("status") == "ok" and not r.get("baseline")]  # baseline: same file as ORT fp32
+    configs_ok = list(dict.fromkeys((r["backend"], r["precision"]) for r in measured))
     if not configs_ok:
         return []
     spec = {"kind": "accuracy", "model_dir": str(source.model_dir), "configs": configs_ok,
-            "threads": max(r["threads"] for r in rows if r.get("status") == "ok"), "cfp_root": str(root)}
+            "threads": max(r["threads"] for r in measured), "cfp_root": str(root)}
     acc = progress.step(f"CFP accuracy ({len(configs_ok)} configurations)", lambda: run_child(spec, timeout=3600))
     if acc.get("status") != "ok":
         return [f"accuracy {acc.get('status')}: {acc.get('reason', '')}"]
     for row in rows:
         result = acc["results"].get(f"{row['backend']}/{row['precision']}")
-        if result is None:
+        if result is None or row.get("baseline"):
             continue
         if result["status"] == "ok":
             row.update({k: v for k, v in result.items() if k.startswith("cfp_")})
@@ -171,6 +184,8 @@ def run(args: argparse.Namespace) -> dict:
     root = cfp_root(args.cfp_root)
     source = model_source.resolve(args.weights, root)
     candidates = configs.model_candidates(source.model_dir, backends, precisions, threads)
+    if not args.no_baseline:
+        candidates.insert(0, configs.baseline_candidate(source.model_dir))
 
     notes = list(source.notes)
     measure_accuracy = not args.no_accuracy and not args.quick and source.trained and root is not None
@@ -186,6 +201,7 @@ def run(args: argparse.Namespace) -> dict:
     try:
         with tempfile.TemporaryDirectory(prefix="sfpn-bench-") as tmp:
             rows = model_rows(candidates, source, settings, progress, Path(tmp))
+        baseline.add_speedups(rows)
         if measure_accuracy:
             notes += add_accuracy(rows, source, root, progress)
         stage_results = stage_rows(stages, source, root, settings, progress)
@@ -197,6 +213,10 @@ def run(args: argparse.Namespace) -> dict:
         "peak RSS: whole process after load + batch-1 inference, one process per row",
         "cos vs fp32: lowest cosine between this row's descriptors and the first fp32 row's on a fixed probe batch",
     ]
+    if not args.no_baseline:
+        notes.append(f"vs ORT default: batch-1 p50 of the '{configs.BASELINE_LABEL}' row (InferenceSession("
+                     "model.onnx), default SessionOptions, CPUExecutionProvider) / this row's p50; rows run one "
+                     "after another, so load on a shared machine moves the ratios")
     return {
         "schema": SCHEMA,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -208,6 +228,7 @@ def run(args: argparse.Namespace) -> dict:
         "rows": rows,
         "stages": stage_results,
         "winners": report.winners(rows, report.MODEL_COLUMNS + report.ACCURACY_COLUMNS),
+        "speed_target": baseline.speed_target(rows),
         "notes": notes,
         "elapsed_s": time.perf_counter() - started,
     }

@@ -1,4 +1,5 @@
-"""What to measure: model configurations (backend x precision x threads) and their availability."""
+"""What to measure: model configurations (backend x precision x threads) and their availability,
+plus the baseline every row's speed-up is computed against (:func:`baseline_candidate`)."""
 from __future__ import annotations
 
 import importlib
@@ -9,13 +10,15 @@ from typing import Iterable, Optional, Sequence
 from sfpn_edge import platform_info
 from sfpn_edge.errors import SfpnError
 
-BACKENDS = ("onnxruntime", "openvino")
+BACKENDS = ("onnxruntime", "openvino", "native")
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 THREADS = (1, 2)
 _BACKEND_MODULES = {
     "onnxruntime": "sfpn_edge.backends.onnxruntime_backend",
     "openvino": "sfpn_edge.backends.openvino_backend",
+    "native": "sfpn_edge.backends.native_backend",
 }
+BASELINE_LABEL = "ONNX Runtime, default session"
 
 
 @dataclass(frozen=True)
@@ -38,13 +41,18 @@ FULL = Settings(warmup=10, latency_seconds=1.5, latency_iters=100, batches=(2, 4
 
 @dataclass(frozen=True)
 class Candidate:
-    """One row to measure: a model file for (backend, precision, threads), or why there is none."""
+    """One row to measure: a model file for (backend, precision, threads), or why there is none.
+
+    The ``baseline`` row is a plain ``onnxruntime.InferenceSession`` with default options (its
+    threads stay None: the library picks them).
+    """
 
     backend: str
     precision: str
     threads: Optional[int]  # None for a "not available" row that applies to every thread count
     model: Optional[Path] = None
     reason: str = ""
+    baseline: bool = False
 
     @property
     def available(self) -> bool:
@@ -52,6 +60,8 @@ class Candidate:
 
     @property
     def label(self) -> str:
+        if self.baseline:
+            return BASELINE_LABEL
         suffix = f" x{self.threads}" if self.threads else ""
         return f"{self.backend} {self.precision}{suffix}"
 
@@ -127,3 +137,16 @@ def model_candidates(
             else:
                 rows.extend(Candidate(backend, precision, t, model=Path(path)) for t in threads)
     return rows
+
+
+def baseline_candidate(model_dir: Path) -> Candidate:
+    """The reference row: the fp32 ``model.onnx`` in ONNX Runtime's default session."""
+    try:
+        importlib.import_module("onnxruntime")
+        path = model_path(model_dir, "onnxruntime", "fp32")
+    except ImportError as exc:
+        return Candidate("onnxruntime", "fp32", None, reason=f"onnxruntime is not installed ({exc.name})",
+                         baseline=True)
+    except SfpnError as exc:
+        return Candidate("onnxruntime", "fp32", None, reason=str(exc), baseline=True)
+    return Candidate("onnxruntime", "fp32", None, model=Path(path), baseline=True)

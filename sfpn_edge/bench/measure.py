@@ -5,7 +5,8 @@ count pinned in the environment and parses the last stdout line. Child side: :fu
 dispatches on ``spec["kind"]``:
 
 - ``model``: cold start (import backend + load + first inference), batch-1 latency p50/p95 after
-  warm-up, best-batch throughput, descriptors of a fixed probe batch (for fidelity vs fp32);
+  warm-up, best-batch throughput, descriptors of a fixed probe batch (for fidelity vs fp32); with
+  ``"baseline": true`` the model is ONNX Runtime's default session instead of one of our backends;
 - ``stage``: one pipeline stage from :mod:`sfpn_edge.bench.stages`;
 - ``accuracy``: CFP 10-fold accuracy through :mod:`sfpn_edge.evaluate`.
 
@@ -101,10 +102,19 @@ def min_cosine_rows(a, b) -> float:
     return float(cos.min())
 
 
-def measure_model(spec: dict) -> dict:
-    from sfpn_edge.backends import open_model  # inside the cold-start window on purpose
+def open_measured(spec: dict):
+    """The model of a ``model`` spec: one of our backends, or ORT's default session (baseline)."""
+    if spec.get("baseline"):
+        from sfpn_edge.bench.baseline import DefaultSession
 
-    model = open_model(spec["model"], spec["backend"], precision=spec["precision"], threads=spec["threads"])
+        return DefaultSession(spec["model"])
+    from sfpn_edge.backends import open_model
+
+    return open_model(spec["model"], spec["backend"], precision=spec["precision"], threads=spec["threads"])
+
+
+def measure_model(spec: dict) -> dict:
+    model = open_measured(spec)  # inside the cold-start window on purpose
     size = tuple(spec["input_size"])
     probe = probe_batch(FIDELITY_BATCH, size)
     one = probe[:1].copy()

@@ -4,9 +4,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import List
 
+from sfpn_edge.bench.baseline import TARGET_MS_PER_FACE
+from sfpn_edge.bench.configs import BASELINE_LABEL
 from sfpn_edge.errors import SfpnError
 
-COLOURS = {"onnxruntime": "tab:blue", "openvino": "tab:purple"}
+COLOURS = {"onnxruntime": "tab:blue", "openvino": "tab:purple", "native": "tab:orange"}
+BASELINE_COLOUR = "tab:grey"
 MARKERS = {"fp32": "o", "fp16": "s", "bf16": "D", "int8": "^"}
 
 
@@ -26,13 +29,20 @@ def _ok(result: dict) -> List[dict]:
 
 
 def _label(row: dict) -> str:
+    if row.get("baseline"):
+        return BASELINE_LABEL
     return f"{row['backend']} {row['precision']} x{row['threads']}"
+
+
+def _colour(row: dict) -> str:
+    return BASELINE_COLOUR if row.get("baseline") else COLOURS.get(row["backend"], "grey")
 
 
 def _legend(ax) -> None:
     from matplotlib.lines import Line2D
 
     handles = [Line2D([], [], color=c, marker="o", linestyle="", label=b) for b, c in COLOURS.items()]
+    handles.append(Line2D([], [], color=BASELINE_COLOUR, marker="o", linestyle="", label=BASELINE_LABEL))
     handles += [Line2D([], [], color="grey", marker=m, linestyle="", label=p) for p, m in MARKERS.items()]
     ax.legend(handles=handles, fontsize=8, loc="best", title="colour: backend, marker: precision, size: threads",
               title_fontsize=7)
@@ -50,7 +60,7 @@ def latency_vs_accuracy(result: dict, path: Path) -> Path:
     for i, row in enumerate(rows):
         if row.get(key) is None:
             continue
-        ax.scatter(row["p50_ms"], row[key], s=40 + 40 * row["threads"], c=COLOURS.get(row["backend"], "grey"),
+        ax.scatter(row["p50_ms"], row[key], s=40 + 40 * (row["threads"] or 1), c=_colour(row),
                    marker=MARKERS.get(row["precision"], "o"), alpha=0.8, edgecolors="black", linewidths=0.5)
         ax.annotate(_label(row), (row["p50_ms"], row[key]), textcoords="offset points",
                     xytext=(7, 8 if i % 2 else -12), fontsize=7)
@@ -74,11 +84,14 @@ def latency_bars(result: dict, path: Path) -> Path:
     rows = sorted(_ok(result), key=lambda r: r["p50_ms"], reverse=True)
     fig, ax = plt.subplots(figsize=(8, 0.4 * len(rows) + 1.5))
     y = range(len(rows))
-    ax.barh(y, [r["p50_ms"] for r in rows], color=[COLOURS.get(r["backend"], "grey") for r in rows], alpha=0.85,
+    ax.barh(y, [r["p50_ms"] for r in rows], color=[_colour(r) for r in rows], alpha=0.85,
             xerr=[[0] * len(rows), [r["p95_ms"] - r["p50_ms"] for r in rows]], capsize=3)
     for i, row in enumerate(rows):
         ax.text(row["p95_ms"], i, f"  {row['p50_ms']:.2f}", va="center", fontsize=8)
     ax.set_yticks(list(y), [_label(r) for r in rows], fontsize=8)
+    ax.axvline(TARGET_MS_PER_FACE, color="tab:red", linestyle="--", linewidth=1,
+               label=f"issue-5 target: int8 <= {TARGET_MS_PER_FACE:g} ms at 1 thread")
+    ax.legend(fontsize=7, loc="lower right")
     ax.set_xlabel("ms per face at batch 1 (bar: p50, whisker: p95)")
     ax.set_title(f"Embedding latency, {result['machine']['cpu_model']} ({result['model']['label']})", fontsize=9)
     ax.margins(x=0.12)

@@ -1,8 +1,8 @@
 """Render a bench result (the ``--json`` dict) as a terminal table, plain text or Markdown.
 
 The best value of each numeric column is highlighted (bold green with rich, ``*`` in plain
-text, **bold** in Markdown). ``rich`` is optional (the ``bench`` extra); without it the same
-table is printed as aligned plain text.
+text, **bold** in Markdown); the speed-target verdict follows the model table. ``rich`` is
+optional (the ``bench`` extra); without it the same table is printed as aligned plain text.
 """
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ class Column:
     header: str
     fmt: Callable[[object], str]
     better: Optional[str] = None  # "min", "max" or None (not ranked)
+    get: Optional[Callable[[dict], object]] = None  # the cell's value, when it is not simply row[key]
 
 
 def _num(digits: int) -> Callable[[object], str]:
@@ -23,10 +24,11 @@ def _num(digits: int) -> Callable[[object], str]:
 
 
 MODEL_COLUMNS = [
-    Column("backend", "backend", str),
+    Column("backend", "backend", str, get=lambda r: r.get("label", r.get("backend"))),  # label: the baseline
     Column("precision", "precision", str),
-    Column("threads", "threads", str),
+    Column("threads", "threads", str, get=lambda r: "default" if r.get("baseline") else r.get("threads")),
     Column("p50_ms", "p50 ms/face", _num(2), "min"),
+    Column("speedup_vs_baseline", "vs ORT default", lambda v: f"{v:.2f}x", "max"),
     Column("p95_ms", "p95 ms", _num(2), "min"),
     Column("throughput_fps", "faces/s", _num(0), "max"),
     Column("best_batch", "@batch", str),
@@ -56,7 +58,13 @@ STAGE_TITLE = "Pipeline stages (one thread; ours first, then the reference)"
 
 
 def _value(row: dict, column: Column):
-    return row.get(column.key)
+    return column.get(row) if column.get else row.get(column.key)
+
+
+def _target_line(result: dict, title: str) -> List[str]:
+    """The speed-target verdict under the model table."""
+    target = result.get("speed_target")
+    return [f"Speed target (issue 5): {target['text']}"] if target and title == MODEL_TITLE else []
 
 
 def _tables(result: dict) -> list:
@@ -132,6 +140,8 @@ def render_rich(result: dict, console=None) -> None:
         for cells in _cells(rows, columns):
             table.add_row(*(f"[bold green]{t}[/]" if won else t for t, won in cells))
         console.print(table)
+        for line in _target_line(result, title):
+            console.print(line, highlight=False, style="bold", soft_wrap=True)
     for note in result["notes"]:
         console.print(f"- {note}", highlight=False)
 
@@ -147,7 +157,7 @@ def render_text(result: dict) -> str:
     lines = header_lines(result)
     for title, rows, columns in _tables(result):
         cells = [[t + ("*" if won else "") for t, won in r] for r in _cells(rows, columns)]
-        lines += ["", title] + _grid(cells, [c.header for c in columns] + ["note"])
+        lines += ["", title] + _grid(cells, [c.header for c in columns] + ["note"]) + _target_line(result, title)
     lines += [""] + [f"- {n}" for n in result["notes"]] + ["(* best in column)"]
     return "\n".join(lines)
 
@@ -161,6 +171,7 @@ def render_markdown(result: dict) -> str:
                   "|" + "|".join("---:" if c.better else "---" for c in columns) + "|---|"]
         for cells in _cells(rows, columns):
             lines.append("| " + " | ".join(f"**{t}**" if won else t.replace("|", "\\|") for t, won in cells) + " |")
+        lines += [f"\n**{line}**" for line in _target_line(result, title)]
     lines += [""] + [f"- {n}" for n in result["notes"]]
     return "\n".join(lines) + "\n"
 
