@@ -17,6 +17,9 @@ from libc.stdlib cimport free, malloc
 
 cnp.import_array()
 
+cdef extern from "stdlib.h" nogil:
+    int posix_memalign(void **memptr, size_t alignment, size_t size)
+
 cdef extern from "engine_c.h" nogil:
     int SFPN_OP_CONV, SFPN_OP_DWCONV, SFPN_OP_MAXPOOL, SFPN_OP_CONV_GAP
     int SFPN_ENGINE_MAX_COUT, SFPN_ENGINE_MAX_MULT
@@ -43,7 +46,8 @@ cdef extern from "engine_c.h" nogil:
     int sfpn_cpu_has_vnni()
     double sfpn_int8_peak(long rounds)
     void sfpn_engine_init_arena(const sfpn_eplan *pl, uint8_t *arena, size_t nbytes)
-    void sfpn_engine_run(const sfpn_eplan *pl, const float *x, float *out, uint8_t *arena, float *sums)
+    void sfpn_engine_run(const sfpn_eplan *pl, const float *x, float *out, uint8_t *arena, float *sums,
+                         int stop)
     int sfpn_team_start(sfpn_team *t, int n)
     void sfpn_team_stop(sfpn_team *t)
     void sfpn_team_run(sfpn_team *t, const sfpn_eplan *pl, const float *x, float *out, uint8_t *arena,
@@ -94,11 +98,20 @@ def _array(arrays, str key, dtype, tuple shape):
     return a
 
 
+def _aligned(a):
+    """A C-contiguous copy of ``a`` starting on a 64-byte boundary (one cache line per vector load)."""
+    raw = np.zeros(a.nbytes + 64, np.uint8)
+    start = -raw.ctypes.data % 64
+    out = raw[start:start + a.nbytes].view(a.dtype).reshape(a.shape)
+    out[...] = a
+    return out
+
+
 def _padded(a, int n):
-    """``a`` zero-padded along axis 0 to ``n`` rows, C-contiguous."""
+    """``a`` zero-padded along axis 0 to ``n`` rows, C-contiguous and 64-byte aligned."""
     out = np.zeros((n,) + a.shape[1:], a.dtype)
     out[:len(a)] = a
-    return out
+    return _aligned(out)
 
 
 def pack_conv_vnni(w):
@@ -293,6 +306,7 @@ cdef class Int8Engine:
         o.bias = <const float *>cnp.PyArray_DATA(bias)
 
     cdef _weights(self, sfpn_eop *o, vnni, port):
+        vnni, port = _aligned(vnni), _aligned(port)
         self.keep += [vnni, port]
         o.w_vnni = <const int8_t *>cnp.PyArray_DATA(vnni)
         o.w_port = <const int8_t *>cnp.PyArray_DATA(port)
@@ -309,8 +323,10 @@ cdef class Int8Engine:
             pass
         cdef _Arena a = _Arena()
         a.team = NULL
-        a.arena = <uint8_t *>malloc(self.arena_bytes)
-        a.sums = <float *>malloc(sizeof(float) * self.sums_len)
+        if posix_memalign(<void **>&a.arena, 64, self.arena_bytes) != 0:
+            a.arena = NULL
+        if posix_memalign(<void **>&a.sums, 64, sizeof(float) * self.sums_len) != 0:
+            a.sums = NULL
         if a.arena == NULL or a.sums == NULL:
             raise MemoryError()
         sfpn_engine_init_arena(&self.plan, a.arena, self.arena_bytes)
@@ -324,8 +340,7 @@ cdef class Int8Engine:
                 raise RuntimeError(f"cannot start {self.threads} engine threads")
         return a
 
-    def run(self, x):
-        """Descriptors float32 [N, D] for ``x`` float32 [N, 3, H, W] (RGB minus mean, C-contiguous)."""
+    def _check_x(self, x):
         if not isinstance(x, np.ndarray) or x.dtype != np.float32:
             raise ValueError(f"x must be a float32 numpy array, got {getattr(x, 'dtype', type(x).__name__)}")
         if x.ndim != 4 or x.shape[1:] != self.input_shape or x.shape[0] == 0:
@@ -334,6 +349,10 @@ cdef class Int8Engine:
             raise ValueError("x must be C-contiguous (use np.ascontiguousarray)")
         if not np.isfinite(x).all():
             raise ValueError("x contains NaN or inf")
+
+    def run(self, x):
+        """Descriptors float32 [N, D] for ``x`` float32 [N, 3, H, W] (RGB minus mean, C-contiguous)."""
+        self._check_x(x)
         out = np.empty((x.shape[0], self.out_dim), np.float32)
         cdef _Arena a = self._arena()
         cdef const float *xp = <const float *>cnp.PyArray_DATA(x)
@@ -346,7 +365,31 @@ cdef class Int8Engine:
                     if a.team != NULL:
                         sfpn_team_run(a.team, &self.plan, xp + i * image, op + i * self.out_dim, a.arena, a.sums)
                     else:
-                        sfpn_engine_run(&self.plan, xp + i * image, op + i * self.out_dim, a.arena, a.sums)
+                        sfpn_engine_run(&self.plan, xp + i * image, op + i * self.out_dim, a.arena, a.sums,
+                                        self.plan.nop)
+        finally:
+            self.idle.put(a)
+        return out
+
+    def activations(self, x, int op):
+        """uint8 [N, h, w, c]: the buffer op ``op`` writes, as it is right after that op (ops 0 .. op
+        run on one thread; channels of a concat that later ops write are still zero). For
+        calibration and debugging; ``op`` must not be the final conv_gap."""
+        self._check_x(x)
+        if not 0 <= op < self.plan.nop - 1:
+            raise ValueError(f"op must be in [0, {self.plan.nop - 2}] (the last op writes no buffer), got {op}")
+        cdef sfpn_ebuf b = self.bufs[self.ops[op].dst]
+        out = np.empty((x.shape[0], b.h, b.w, b.c), np.uint8)
+        cdef _Arena a = self._arena()
+        cdef const float *xp = <const float *>cnp.PyArray_DATA(x)
+        cdef size_t image = x.shape[1] * x.shape[2] * x.shape[3]
+        cdef Py_ssize_t i
+        try:
+            for i in range(x.shape[0]):
+                with nogil:
+                    sfpn_engine_run(&self.plan, xp + i * image, NULL, a.arena, a.sums, op + 1)
+                padded = np.asarray(<uint8_t[:(b.h + 2) * (b.w + 2) * b.c]>(a.arena + b.offset))
+                out[i] = padded.reshape(b.h + 2, b.w + 2, b.c)[1:-1, 1:-1]
         finally:
             self.idle.put(a)
         return out

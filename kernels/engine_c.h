@@ -584,12 +584,13 @@ static void sfpn_barrier(sfpn_team *t) {
 
 /* ------------------------------------------------------------------ executor */
 
-/* One member's part of one image: x float32 [3, h, w] -> out float32 [out_dim] (``sums``:
- * pad16(out_dim) floats). ``team`` NULL: a single thread does everything. */
+/* One member's part of ops 0 .. stop - 1 on one image: x float32 [3, h, w] -> out float32
+ * [out_dim] when the last op runs (``sums``: pad16(out_dim) floats). ``team`` NULL: a single
+ * thread does everything. */
 static void sfpn_engine_part(const sfpn_eplan *pl, const float *x, float *out, uint8_t *arena, float *sums,
-                             sfpn_part part, sfpn_team *team) {
+                             sfpn_part part, sfpn_team *team, int stop) {
     sfpn_input_stage(pl, x, arena, part);
-    for (int i = 0; i < pl->nop; i++) {
+    for (int i = 0; i < stop; i++) {
         const sfpn_eop *op = &pl->ops[i];
         sfpn_barrier(team);   /* the previous op's output is complete */
         switch (op->kind) {
@@ -651,10 +652,11 @@ static void sfpn_engine_part(const sfpn_eplan *pl, const float *x, float *out, u
     sfpn_barrier(team);   /* the descriptor is complete */
 }
 
-/* One image on the calling thread alone. */
-static void sfpn_engine_run(const sfpn_eplan *pl, const float *x, float *out, uint8_t *arena, float *sums) {
+/* Ops 0 .. stop - 1 on one image, on the calling thread alone (stop = pl->nop: the descriptor). */
+static void sfpn_engine_run(const sfpn_eplan *pl, const float *x, float *out, uint8_t *arena, float *sums,
+                            int stop) {
     sfpn_part all = {0, 1};
-    sfpn_engine_part(pl, x, out, arena, sums, all, NULL);
+    sfpn_engine_part(pl, x, out, arena, sums, all, NULL, stop);
 }
 
 static void *sfpn_team_worker(void *arg) {
@@ -666,7 +668,7 @@ static void *sfpn_team_worker(void *arg) {
         seen = atomic_load_explicit(&t->job, memory_order_acquire);
         if (atomic_load_explicit(&t->stop, memory_order_acquire)) return NULL;
         sfpn_part part = {m->tid, t->n};
-        sfpn_engine_part(t->pl, t->x, t->out, t->arena, t->sums, part, t);
+        sfpn_engine_part(t->pl, t->x, t->out, t->arena, t->sums, part, t, t->pl->nop);
     }
 }
 
@@ -705,7 +707,7 @@ static void sfpn_team_run(sfpn_team *t, const sfpn_eplan *pl, const float *x, fl
     atomic_fetch_add_explicit(&t->job, 1, memory_order_release);
     sfpn_wake_all(&t->job);
     sfpn_part lead = {0, t->n};
-    sfpn_engine_part(pl, x, out, arena, sums, lead, t);
+    sfpn_engine_part(pl, x, out, arena, sums, lead, t, pl->nop);
 }
 
 #endif

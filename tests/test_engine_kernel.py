@@ -194,3 +194,22 @@ def test_bad_inputs_are_refused():
                          (list(x), "float32")]:
         with pytest.raises(ValueError, match=message):
             engine.run(bad)
+
+
+def test_activations_expose_each_op_output():
+    rng = np.random.default_rng(8)
+    plan, arrays = fire_plan(rng)
+    engine = Int8Engine(plan, arrays)
+    x = crops(rng, plan, 2)
+    conv1, pool, squeeze = (engine.activations(x, op) for op in range(3))
+    assert conv1.dtype == np.uint8 and conv1.shape == (2, 23, 19, 64)
+    assert 0 < conv1.mean() < 255
+    windows = np.lib.stride_tricks.sliding_window_view(conv1, (3, 3), axis=(1, 2))[:, ::2, ::2]
+    assert np.array_equal(pool, windows.max(axis=(-1, -2)))
+    w, scale, bias = arrays["op2.w"][:, 0, :].astype(np.float64), arrays["op2.scale"], arrays["op2.bias"]
+    want = np.rint(np.clip(scale * (pool.astype(np.float64) @ w.T) + bias, 0, 255))
+    assert np.abs(squeeze.astype(np.int64) - want).max() <= 1
+    expand = engine.activations(x, 3)   # the concat buffer after its first producer only
+    assert expand.shape[-1] == 32 + 4 * 16 and not expand[..., 32:].any()
+    with pytest.raises(ValueError, match="op must be"):
+        engine.activations(x, len(plan["ops"]) - 1)
