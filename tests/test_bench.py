@@ -102,11 +102,12 @@ def test_quick_speed_target_is_computed_from_the_rows(quick_run):
     _, result, _ = quick_run
     ok = [r for r in result["rows"] if r["status"] == "ok"]
     target = result["speed_target"]
-    best = min((r for r in ok if r["precision"] == "int8" and r["threads"] == 1), key=lambda r: r["p50_ms"])
+    int8 = [r for r in ok if r["precision"] == "int8"]
+    best = min((r for r in int8 if r["threads"] == 1), key=lambda r: r["p50_ms"])
     assert target["best_int8_1_thread"] == {k: best[k] for k in ("backend", "threads", "p50_ms", "speedup_vs_baseline")}
     assert target["baseline_p50_ms"] == next(r["p50_ms"] for r in ok if r.get("baseline"))
     assert target["latency_met"] is (best["p50_ms"] <= 1.0)
-    assert target["speedup_met"] is (best["speedup_vs_baseline"] >= 2.0)
+    assert target["speedup_met"] is (max(r["speedup_vs_baseline"] for r in int8) >= 2.0)
     assert target["met"] is (target["latency_met"] and target["speedup_met"])
     assert target["text"].endswith(" MET") and (" NOT MET" in target["text"]) is (not target["met"])
     assert f"{best['backend']} int8 x1 {best['p50_ms']:.2f} ms/face" in target["text"]
@@ -279,7 +280,9 @@ def _int8(backend: str, threads: int, p50: float) -> dict:
      "0.90 ms/face, 3.67x; target (<= 1 ms/face at 1 thread: met; >= 2x: met) MET"),
     ([BASE, _int8("native", 1, 1.2)], False, "(<= 1 ms/face at 1 thread: NOT met; >= 2x: met) NOT MET"),
     ([BASE, _int8("openvino", 1, 1.8), _int8("openvino", 2, 0.9)], False,
-     "at 1 thread: openvino int8 x1 1.80 ms/face, 1.83x; target (<= 1 ms/face at 1 thread: NOT met; >= 2x: NOT met)"),
+     "at 1 thread: openvino int8 x1 1.80 ms/face, 1.83x; target (<= 1 ms/face at 1 thread: NOT met; >= 2x: met)"),
+    ([BASE, _int8("openvino", 1, 1.8), _int8("openvino", 2, 1.7)], False,
+     "target (<= 1 ms/face at 1 thread: NOT met; >= 2x: NOT met) NOT MET"),
     ([dict(BASE, p50_ms=1.5), _int8("native", 1, 0.95)], False, "(<= 1 ms/face at 1 thread: met; >= 2x: NOT met)"),
     ([BASE, _int8("native", 2, 0.5)], None, "speed target not evaluated: no int8 row at 1 thread"),
     ([dict(BASE, status="failed"), _int8("native", 1, 0.5)], None, "no measured baseline row"),
