@@ -2,10 +2,11 @@
  * points and the plan format).
  *
  * Activations are uint8 NHWC buffers with a one-pixel border holding the buffer's zero, laid out
- * one after another in a per-thread arena. Convolutions and depthwise convolutions run over the
- * flat pixel range from (1, 1) to (h, w) of the padded grid: the two border pixels between rows
- * are computed as junk and zeroed afterwards, so a kernel never special-cases row ends. A
- * depth-concat costs nothing: producers write into channel slices of one buffer.
+ * one after another in an arena (one per concurrent caller). Convolutions and depthwise
+ * convolutions run over the flat pixel range from (1, 1) to (h, w) of the padded grid: the two
+ * border pixels between rows are computed as junk and zeroed afterwards, so a kernel never
+ * special-cases row ends. A depth-concat costs nothing: producers write into channel slices of
+ * one buffer.
  *
  * Threads: one image can be split over a team of threads (sfpn_team): every op divides its pixel
  * rows (or, for the final pool, its output channels) into one share per thread, and the team meets
