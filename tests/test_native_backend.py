@@ -114,3 +114,17 @@ def test_bad_plan_files_are_clear_errors(native_dir, tmp_path, damage, message):
             z.writestr("plan.npy", buf.getvalue())
     with pytest.raises(ModelError, match=message):
         open_model(bad, "native", precision="int8")
+
+
+def test_photo_pipeline_on_the_native_backend(native_dir, mtcnn_dir, cfp_root):
+    """FaceVerifier with backend="native": MTCNN's nets run on ONNX Runtime, the face model native."""
+    from sfpn_edge.detect.mtcnn import MTCNN
+    from sfpn_edge.pipeline import FaceVerifier
+
+    image = str(cfp_root / "Data" / "Images" / "001" / "frontal" / "01.jpg")
+    detector = MTCNN(mtcnn_dir, "native", threads=1)
+    assert detector.pnet.name == "onnxruntime"
+    verifier = FaceVerifier(native_dir, "native", "int8", detector=detector, threads=1)
+    assert verifier.embedder.backend == "native"
+    result = verifier.verify(image, image)
+    assert result.score > 0.999 and result.same

@@ -19,7 +19,7 @@ from typing import List, Optional, Sequence, Tuple, Union
 import cv2
 import numpy as np
 
-from sfpn_edge.backends import open_model
+from sfpn_edge.backends import BACKENDS, open_model
 from sfpn_edge.detect import PAD_MODES, Face, check_image, pad_image, shift_face
 from sfpn_edge.detect.weights import net_paths
 from sfpn_edge.errors import ModelError, SfpnError
@@ -69,6 +69,8 @@ class MTCNN:
         self.pad = float(pad)
         self.pad_mode = pad_mode
         paths = net_paths(Path(model_dir) if model_dir is not None else None)
+        if backend not in BACKENDS:   # "native" runs the face model's int8 plan only: ORT runs the nets
+            backend = "onnxruntime"
         opts = dict(device=device, precision=precision, threads=threads)
         self.pnet = open_model(paths["pnet"], backend, **opts)
         self.rnet = open_model(paths["rnet"], backend, **opts)
