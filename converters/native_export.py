@@ -30,7 +30,7 @@ import numpy as np
 
 from sfpn_edge import cache, models
 from sfpn_edge.backends.native_backend import PLAN_FORMAT, PLAN_VERSION
-from sfpn_edge.converters.quantize import _check_crops
+from sfpn_edge.converters.quantize import check_crops
 from sfpn_edge.errors import ModelError
 
 NATIVE_INT8 = "model_native_int8.npz"
@@ -78,7 +78,7 @@ def build_plan(onnx_path: PathLike, crops: np.ndarray, mean: Sequence[float], so
     """
     if not 0.0 < percentile <= 100.0:
         raise ValueError(f"percentile must be in (0, 100], got {percentile!r}")
-    _check_crops(crops)
+    check_crops(crops)
     model = _load(onnx_path)
     structure = _Planner(model).plan()
     if crops.shape[1:] != structure.input_shape:

@@ -94,7 +94,7 @@ def quantize_onnx(fp32_onnx: Path, out: Path, crops: np.ndarray, *, per_channel:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    _check_crops(crops)
+    check_crops(crops)
     import onnx
 
     graph = onnx.load(str(fp32_onnx), load_external_data=False).graph
@@ -147,7 +147,7 @@ def quantize_openvino(fp32_model: Path, out_xml: Path, crops: np.ndarray, *,
     ``qdq_onnx`` converted to IR (returns "qdq-onnx"). ``use_nncf`` None: NNCF when installed."""
     import openvino as ov
 
-    _check_crops(crops)
+    check_crops(crops)
     if use_nncf is None:
         use_nncf = nncf_available()
     if use_nncf:
@@ -176,7 +176,7 @@ def quantize_model_dir(model_dir: Path, crops: np.ndarray, source: str, *, use_n
     model_dir = Path(model_dir)
     manifest = models.load_manifest(model_dir)
     h, w = manifest["input_size"]
-    _check_crops(crops)
+    check_crops(crops)
     if crops.shape[1:] != (3, h, w):
         raise ValueError(f"calibration crops must be [N, 3, {h}, {w}], got {crops.shape}")
     fp32_onnx = models.model_file(model_dir, "onnxruntime", "fp32")
@@ -209,7 +209,8 @@ def quantize_model_dir(model_dir: Path, crops: np.ndarray, source: str, *, use_n
     return manifest
 
 
-def _check_crops(crops: np.ndarray) -> None:
+def check_crops(crops: np.ndarray) -> None:
+    """ValueError / ModelError unless ``crops`` are usable calibration crops (float32 NCHW, finite, varied)."""
     if not isinstance(crops, np.ndarray) or crops.dtype != np.float32 or crops.ndim != 4 or not len(crops):
         raise ValueError("calibration crops must be a non-empty float32 [N, 3, h, w] array")
     if not np.isfinite(crops).all():

@@ -108,10 +108,10 @@ def _aligned(a):
 
 
 def _padded(a, int n):
-    """``a`` zero-padded along axis 0 to ``n`` rows, C-contiguous and 64-byte aligned."""
+    """``a`` zero-padded along axis 0 to ``n`` rows."""
     out = np.zeros((n,) + a.shape[1:], a.dtype)
     out[:len(a)] = a
-    return _aligned(out)
+    return out
 
 
 def pack_conv_vnni(w):
@@ -122,7 +122,7 @@ def pack_conv_vnni(w):
     for n0 in range(0, len(wp), 64):
         blk = wp[n0:n0 + 64]
         blocks.append(blk.reshape(len(blk), taps, k // 4, 4).transpose(1, 2, 0, 3).ravel())
-    return np.ascontiguousarray(np.concatenate(blocks))
+    return np.concatenate(blocks)
 
 
 def pack_dw_vnni(w):
@@ -130,7 +130,7 @@ def pack_dw_vnni(w):
     m, _, s = w.shape
     w12 = np.zeros((m, 12, s), np.int8)
     w12[:, :9] = w
-    return np.ascontiguousarray(w12.reshape(m, 3, 4, s // 16, 16).transpose(3, 1, 0, 4, 2).ravel())
+    return w12.reshape(m, 3, 4, s // 16, 16).transpose(3, 1, 0, 4, 2).ravel()
 
 
 cdef class _Arena:
@@ -273,7 +273,7 @@ cdef class Int8Engine:
             if o.cin % 16:
                 raise ValueError(f"{where}: dwconv channels must be a multiple of 16, got {o.cin}")
             w = _array(arrays, f"op{i}.w", np.int8, (o.mult, 9, o.cin))
-            self._weights(o, pack_dw_vnni(w), np.ascontiguousarray(w))
+            self._weights(o, pack_dw_vnni(w), w)
         else:
             o.cin = _int(op, "cin", where, 4, MAX_CHANNELS)
             o.kernel = 1 if kind == "conv_gap" else _int(op, "kernel", where, 1, 3)
@@ -293,20 +293,20 @@ cdef class Int8Engine:
                 self.arena_bytes += (s.h * s.w * o.cin + 63) // 64 * 64
             w = _array(arrays, f"op{i}.w", np.int8, (o.cout, o.kernel * o.kernel, o.cin))
             wp = _padded(w, (o.cout + 15) // 16 * 16)
-            self._weights(o, pack_conv_vnni(w), np.ascontiguousarray(wp.transpose(1, 2, 0)))
+            self._weights(o, pack_conv_vnni(w), wp.transpose(1, 2, 0))
         if o.src_c0 + o.cin > s.c:
             raise ValueError(f"{where}: input channels {o.src_c0}..{o.src_c0 + o.cin} exceed buffer {o.src} ({s.c})")
         if kind != "conv_gap" and o.dst_c0 + o.cout > d.c:
             raise ValueError(f"{where}: output channels {o.dst_c0}..{o.dst_c0 + o.cout} exceed buffer {o.dst} ({d.c})")
         n = (o.cout + 15) // 16 * 16
-        scale = _padded(_array(arrays, f"op{i}.scale", np.float32, (o.cout,)), n)
-        bias = _padded(_array(arrays, f"op{i}.bias", np.float32, (o.cout,)), n)
+        scale = _aligned(_padded(_array(arrays, f"op{i}.scale", np.float32, (o.cout,)), n))
+        bias = _aligned(_padded(_array(arrays, f"op{i}.bias", np.float32, (o.cout,)), n))
         self.keep += [scale, bias]
         o.scale = <const float *>cnp.PyArray_DATA(scale)
         o.bias = <const float *>cnp.PyArray_DATA(bias)
 
     cdef _weights(self, sfpn_eop *o, vnni, port):
-        vnni, port = _aligned(vnni), _aligned(port)
+        vnni, port = _aligned(vnni), _aligned(port)   # C-order, 64-byte aligned copies of any layout
         self.keep += [vnni, port]
         o.w_vnni = <const int8_t *>cnp.PyArray_DATA(vnni)
         o.w_port = <const int8_t *>cnp.PyArray_DATA(port)

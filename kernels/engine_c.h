@@ -62,11 +62,15 @@ typedef struct {
 
 static inline int sfpn_pad16(int n) { return (n + 15) & ~15; }
 
-static inline uint8_t sfpn_requant(int32_t acc, float scale, float bias) {
-    float v = fmaf(scale, (float)acc, bias);
+/* v clamped to [0, 255] (NaN -> 0) and rounded half to even. */
+static inline uint8_t sfpn_to_u8(float v) {
     v = v > 0.0f ? v : 0.0f;
     v = v < 255.0f ? v : 255.0f;
     return (uint8_t)nearbyintf(v);
+}
+
+static inline uint8_t sfpn_requant(int32_t acc, float scale, float bias) {
+    return sfpn_to_u8(fmaf(scale, (float)acc, bias));
 }
 
 static inline ptrdiff_t sfpn_pixel(const sfpn_ebuf *b, int y, int x) {
@@ -120,12 +124,7 @@ SFPN_HOT static void sfpn_input_stage(const sfpn_eplan *pl, const float *x, uint
             const float *row = x + c * plane + (size_t)y * b->w;
             uint8_t *dst = base + sfpn_pixel(b, y + 1, 1) + c;
             float off = pl->offset[c];
-            for (int i = 0; i < b->w; i++) {
-                float v = row[i] + off;
-                v = v > 0.0f ? v : 0.0f;
-                v = v < 255.0f ? v : 255.0f;
-                dst[(size_t)i * 4] = (uint8_t)nearbyintf(v);
-            }
+            for (int i = 0; i < b->w; i++) dst[(size_t)i * 4] = sfpn_to_u8(row[i] + off);
         }
 }
 
@@ -241,6 +240,13 @@ SFPN_HOT static void sfpn_dwconv_portable(const sfpn_eplan *pl, const sfpn_eop *
 #define SFPN_ENGINE_X86 1
 #define SFPN_UNROLL _Pragma("GCC unroll 32")
 #define SFPN_DPBUSD(acc, u8, s8) __asm__("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(u8), "v"(s8))
+
+/* 16 accumulators requantized as sfpn_requant does (fma, clamp, round half to even) and stored. */
+SFPN_VNNI static inline void sfpn_requant_store16(uint8_t *dst, __m512i acc, __m512 scale, __m512 bias) {
+    __m512 v = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc), scale, bias);
+    v = _mm512_min_ps(_mm512_max_ps(v, _mm512_setzero_ps()), _mm512_set1_ps(255.0f));
+    _mm_storeu_si128((__m128i *)dst, _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(v)));
+}
 
 #define MK_NAME sfpn_mk4x6
 #define MK_NB 4
@@ -432,9 +438,7 @@ SFPN_VNNI static inline __attribute__((always_inline)) void sfpn_dw_vnni_m(
                 SFPN_DPBUSD(acc, v0, w[0][j]);
                 SFPN_DPBUSD(acc, v1, w[1][j]);
                 SFPN_DPBUSD(acc, v2, w[2][j]);
-                __m512 f = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc), sc[j], bi[j]);
-                f = _mm512_min_ps(_mm512_max_ps(f, _mm512_setzero_ps()), _mm512_set1_ps(255.0f));
-                _mm_storeu_si128((__m128i *)(out + j * S), _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(f)));
+                sfpn_requant_store16(out + j * S, acc, sc[j], bi[j]);
             }
         }
     }

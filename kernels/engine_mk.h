@@ -56,11 +56,7 @@ SFPN_VNNI static void MK_NAME(const uint8_t *x, ptrdiff_t ldx, const ptrdiff_t *
 #else
     SFPN_UNROLL for (int j = 0; j < MK_NB; j++) {
         __m512 m = _mm512_loadu_ps(scale + 16 * j), b = _mm512_loadu_ps(bias + 16 * j);
-        SFPN_UNROLL for (int r = 0; r < MK_R; r++) {
-            __m512 v = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[r][j]), m, b);
-            v = _mm512_min_ps(_mm512_max_ps(v, _mm512_setzero_ps()), _mm512_set1_ps(255.0f));
-            _mm_storeu_si128((__m128i *)(y + r * ldy + 16 * j), _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(v)));
-        }
+        SFPN_UNROLL for (int r = 0; r < MK_R; r++) sfpn_requant_store16(y + r * ldy + 16 * j, acc[r][j], m, b);
     }
     (void)sums;
 #endif

@@ -171,6 +171,21 @@ cdef tuple _run_topk(sfpn_topk_args *args, probes, gallery, size_t k, size_t sta
     return idx[:, :kk], score[:, :kk]
 
 
+def _topk_float(probes, gallery, dtype, int storage, k, start, stop, bint normalize):
+    """Top-k over a float32 or float16 gallery (float32 probes): checks, then the C scan."""
+    _check(probes, "probes", np.float32)
+    _check(gallery, "gallery", dtype, finite=False)
+    _check_dims(probes, gallery, "probes", "gallery")
+    k, start, stop = _range(gallery, k, start, stop)
+    cdef sfpn_topk_args args
+    memset(&args, 0, sizeof(args))
+    args.storage = storage
+    args.gallery = _ptr(gallery)
+    args.probes = _ptr(probes)
+    args.normalize = normalize
+    return _run_topk(&args, probes, gallery, k, start, stop)
+
+
 def topk_fp32(probes, gallery, k, start=0, stop=None, bint normalize=False):
     """Best ``k`` rows of float32 ``gallery`` [N, D] for each float32 probe [P, D].
 
@@ -179,31 +194,12 @@ def topk_fp32(probes, gallery, k, start=0, stop=None, bint normalize=False):
     gallery across threads); the result has ``min(k, stop - start)`` columns.
     Returns ``(idx int64 [P, k], scores float32 [P, k])``.
     """
-    _check(probes, "probes", np.float32)
-    _check(gallery, "gallery", np.float32, finite=False)
-    _check_dims(probes, gallery, "probes", "gallery")
-    k, start, stop = _range(gallery, k, start, stop)
-    cdef sfpn_topk_args args
-    memset(&args, 0, sizeof(args))
-    args.storage = SFPN_F32
-    args.gallery = _ptr(gallery)
-    args.probes = _ptr(probes)
-    args.normalize = normalize
-    return _run_topk(&args, probes, gallery, k, start, stop)
+    return _topk_float(probes, gallery, np.float32, SFPN_F32, k, start, stop, normalize)
 
 
 def topk_fp16(probes, gallery, k, start=0, stop=None):
     """Like :func:`topk_fp32` for a float16 gallery (float32 probes, float32 accumulation)."""
-    _check(probes, "probes", np.float32)
-    _check(gallery, "gallery", np.float16, finite=False)
-    _check_dims(probes, gallery, "probes", "gallery")
-    k, start, stop = _range(gallery, k, start, stop)
-    cdef sfpn_topk_args args
-    memset(&args, 0, sizeof(args))
-    args.storage = SFPN_F16
-    args.gallery = _ptr(gallery)
-    args.probes = _ptr(probes)
-    return _run_topk(&args, probes, gallery, k, start, stop)
+    return _topk_float(probes, gallery, np.float16, SFPN_F16, k, start, stop, False)
 
 
 def topk_int8(probes, probe_scale, gallery, gallery_scale, gallery_rowsum, k, start=0, stop=None,
