@@ -13,13 +13,13 @@ from typing import Any, Dict, Optional, Union
 
 from sfpn_edge import __version__, cache, models
 from sfpn_edge.align import MEAN_RGB
+from sfpn_edge.detect import registry as detectors
 from sfpn_edge.errors import SfpnError
 from sfpn_edge.converters.layergraph import Graph, build_graph, read_mat
 from sfpn_edge.converters.onnx_export import export_onnx
 from sfpn_edge.converters.openvino_export import export_openvino
 
 ONNX_FILE = "model.onnx"
-CROP_MARGIN = 0.1                          # square box of side max(w, h) * 1.1 (DESIGN.md §1)
 
 PathLike = Union[str, Path]
 
@@ -63,7 +63,7 @@ def _write(graph: Graph, out_dir: Path, source_sha256: str, source_name: str,
             "input_size": [h, w],
             "mean": list(MEAN_RGB),  # the authors' per-channel training mean (usage.m)
             "colour_order": "RGB",
-            "crop_margin": CROP_MARGIN,
+            "crop_margin": detectors.get("mtcnn").margin,  # the default detector's measured framing
             "descriptor_dim": graph.descriptor_dim,
             "source_file": source_name,
             "source_sha256": source_sha256,

@@ -22,31 +22,33 @@ from typing import Dict, Optional, Sequence
 import numpy as np
 
 from sfpn_edge import models
+from sfpn_edge.model_dir import FIDUCIAL_MARGIN
 from sfpn_edge.errors import ModelError, SfpnError
 
 ORT_INT8 = "model_int8.onnx"
 OV_INT8 = "model_int8.xml"
 
 
-def calibration_crops(samples: Sequence, size: int, mean: Sequence[float], margin: float = 0.3) -> np.ndarray:
+def calibration_crops(samples: Sequence, size: int, mean: Sequence[float],
+                      margin: float = FIDUCIAL_MARGIN) -> np.ndarray:
     """Crops float32 [N, 3, size, size] (RGB minus mean) framed as at evaluation time: the
     fiducial box enlarged by ``margin`` when a sample has landmarks, else the whole image."""
     from sfpn_edge import align
     from sfpn_edge.evaluate.protocols import read_cfp_landmarks
-    from sfpn_edge.evaluate.runner import full_image_matrix
     from sfpn_edge.io import read_image
 
     if not samples:
         raise SfpnError("no calibration images given")
+    spec = align.CropSpec(size, tuple(mean)).with_margin(margin)
     images, matrices = [], []
     for sample in samples:
         image = read_image(sample.path)
         if sample.landmarks is not None:
-            matrices.append(align.box_matrix(align.points_box(read_cfp_landmarks(sample.landmarks)), margin, size))
+            matrices.append(spec.matrix(align.points_box(read_cfp_landmarks(sample.landmarks))))
         else:
-            matrices.append(full_image_matrix(image.shape[1], image.shape[0], size))
+            matrices.append(align.full_image_matrix(image.shape[1], image.shape[0], size))
         images.append(image)
-    return align.crop_batch(images, np.stack(matrices), size=size, mean=tuple(mean), channel_order="BGR")
+    return spec.crop(images, matrices)
 
 
 def cfp_calibration_samples(cfp_root: Path, count: int = 200) -> list:

@@ -13,23 +13,18 @@ Typical use::
 """
 from __future__ import annotations
 
-import os
+from dataclasses import dataclass, replace
 from typing import Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from sfpn_edge.kernels.warp import warp_batch
+from sfpn_edge.runtime import default_threads
 
 SIZE = 113
 """Side of SqueezeFacePoseNet's input crop."""
 MEAN_RGB = (131.0912, 103.8827, 91.4953)
 """Per-channel mean (R, G, B) the model was trained with; the crop is not scaled."""
-MAX_DEFAULT_THREADS = 4
-"""Cap of ``default_threads``. A 64-face batch is only ~4 ms of single-core work; threads claim
-16-row blocks, so extra threads cost ~10 % CPU in total and never hold up the caller if they start
-late, but beyond ~4 the output's memory traffic (3 x 113 x 113 floats per face) and the wake-up cost
-per call dominate. Pass ``threads=1`` when the caller already runs one batch per core."""
-
 # Five landmarks (eye_left, eye_right, nose, mouth_left, mouth_right; left = smaller x) of an
 # upright face in the model's own framing, in continuous coordinates of a 113 x 113 crop.
 # Derived from the authors' three example crops (image_example1..3.png, the framing the net was
@@ -50,15 +45,6 @@ TEMPLATE_113 = np.array(
     ],
     dtype=np.float64,
 )
-
-
-def default_threads() -> int:
-    """Worker threads for ``crop_batch``: the CPUs this process may use, at most 4."""
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        cpus = os.cpu_count() or 1
-    return max(1, min(MAX_DEFAULT_THREADS, cpus))
 
 
 def _points(points, name: str) -> np.ndarray:
@@ -175,7 +161,9 @@ def crop_batch(
     ``matrices``: [N, 2, 3] (or one (2, 3)) image -> crop maps; ``image_index``: [N] source image
     of each face (default: image 0 for all, or face i from image i when the counts match).
     Bilinear sampling with replicated borders, in one pass by ``sfpn_edge.kernels.warp``
-    (``threads`` workers, default ``default_threads()``). Raises ValueError on bad input.
+    (``threads`` workers, default ``sfpn_edge.runtime.default_threads()``: a 64-face batch is only
+    ~4 ms of work and beyond ~4 threads the output's memory traffic dominates). Raises ValueError
+    on bad input.
     """
     m = np.asarray(matrices)
     if m.ndim == 2:
@@ -183,3 +171,64 @@ def crop_batch(
     return warp_batch(images, m, image_index, size=size, mean=mean, scale=scale,
                       channel_order=channel_order,
                       threads=default_threads() if threads is None else threads)
+
+
+@dataclass(frozen=True)
+class CropSpec:
+    """How a model wants its faces framed: input ``size``, ``mean`` (R, G, B) and the box ``margin``.
+
+    The one crop path: a box (detector face, dataset fiducials' bounds, or the whole image) ->
+    :func:`box_matrix` -> :func:`crop_batch`. ``ModelDir.crop_spec(detector)`` gives the margin
+    measured for that detector.
+    """
+
+    size: int = SIZE
+    mean: Tuple[float, float, float] = MEAN_RGB
+    margin: float = 0.0
+
+    def with_margin(self, margin: float) -> "CropSpec":
+        if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not 0.0 <= margin <= 2.0:
+            raise ValueError(f"margin must be in [0, 2], got {margin!r}")
+        return replace(self, margin=float(margin))
+
+    def matrix(self, box: Sequence[float]) -> np.ndarray:
+        """The image -> crop map for ``box`` (square of side max(w, h) * (1 + margin), centred)."""
+        return box_matrix(box, self.margin, self.size)
+
+    def crop(self, images: Sequence[np.ndarray], matrices: Sequence[np.ndarray], *, image_index=None,
+             flip: bool = False, threads: Optional[int] = None) -> np.ndarray:
+        """Crops float32 [N, 3, size, size] (RGB minus mean) of BGR uint8 ``images`` through
+        ``matrices``; with ``flip`` the N mirrored crops follow the N originals ([2N, ...])."""
+        m = np.stack([np.asarray(x, np.float64) for x in matrices])
+        index = None if image_index is None else np.asarray(image_index, np.int64)
+        if flip:
+            if index is None:  # crop_batch's default: face i from image i, else all from image 0
+                index = np.arange(len(m)) if len(images) == len(m) else np.zeros(len(m), np.int64)
+            m = np.concatenate([m, np.stack([hflip_matrix(x, self.size) for x in m])])
+            index = np.concatenate([index, index])
+        return crop_batch(list(images), m, image_index=index, size=self.size, mean=self.mean,
+                          channel_order="BGR", threads=threads)
+
+    def crop_boxes(self, images: Sequence[np.ndarray], boxes: Sequence[Sequence[float]], **kw) -> np.ndarray:
+        """:meth:`crop` of ``boxes[i]`` in ``images[i]``, each distinct image passed to the kernel once."""
+        if len(images) != len(boxes):
+            raise ValueError(f"{len(images)} images for {len(boxes)} boxes")
+        slots: dict = {}
+        distinct = []
+        for image in images:
+            if id(image) not in slots:
+                slots[id(image)] = len(distinct)
+                distinct.append(image)
+        index = np.array([slots[id(im)] for im in images], np.int64)
+        return self.crop(distinct, [self.matrix(b) for b in boxes], image_index=index, **kw)
+
+
+def full_image_matrix(width: int, height: int, size: int = SIZE) -> np.ndarray:
+    """Image -> crop map that resizes the whole image to size x size (as cv2.resize, bilinear)."""
+    sx, sy = size / width, size / height
+    return np.array([[sx, 0.0, 0.5 * sx - 0.5], [0.0, sy, 0.5 * sy - 0.5]])
+
+
+def whole_image_box(image: np.ndarray) -> Tuple[float, float, float, float]:
+    """The box of the whole image (the crop of last resort when no face is found)."""
+    return (0.0, 0.0, float(image.shape[1]), float(image.shape[0]))

@@ -173,11 +173,12 @@ def _write_npy(path: Path, array: np.ndarray) -> None:
     cache.atomic_write_bytes(path, buf.getvalue())
 
 
-def read_entry(path: PathLike) -> Optional[Dict[str, Any]]:
-    """The calibration entry in a model directory or calibration directory, or None if it has none."""
+def read_entry(path: PathLike, manifest: Optional[Dict[str, Any]] = None) -> Optional[Dict[str, Any]]:
+    """The calibration entry in a model directory or calibration directory, or None if it has none
+    (``manifest``: the model directory's manifest when the caller has already read it)."""
     path = Path(path)
     if (path / models.MANIFEST).is_file():
-        return models.load_manifest(path).get(MANIFEST_KEY)
+        return (models.load_manifest(path) if manifest is None else manifest).get(MANIFEST_KEY)
     if (path / STANDALONE).is_file():
         try:
             return json.loads((path / STANDALONE).read_text(encoding="utf-8"))
@@ -188,13 +189,15 @@ def read_entry(path: PathLike) -> Optional[Dict[str, Any]]:
     return None
 
 
-def load_calibration(path: PathLike, manifest: Optional[Dict[str, Any]] = None) -> Optional[Calibration]:
+def load_calibration(path: PathLike, manifest: Optional[Dict[str, Any]] = None, *,
+                     own: bool = False) -> Optional[Calibration]:
     """The calibration stored in ``path`` (model or calibration directory), None if there is none.
 
-    With ``manifest`` (the model that will use it) a calibration for other weights is refused.
+    With ``manifest`` (the model that will use it) a calibration for other weights is refused;
+    ``own``: ``path`` is the model directory ``manifest`` was read from (it is not read again).
     """
     path = Path(path)
-    entry = read_entry(path)
+    entry = read_entry(path, manifest if own else None)
     if entry is None:
         return None
     where = f"calibration in {path}"
@@ -251,7 +254,7 @@ def resolve_calibration(calibration: Union[bool, None, PathLike, Calibration], m
     if calibration is None or calibration is False:
         return None
     if calibration is True:
-        return load_calibration(model_dir, manifest)
+        return load_calibration(model_dir, manifest, own=True)
     if isinstance(calibration, Calibration):
         calibration.check_model(manifest)
         return calibration

@@ -1,6 +1,7 @@
 """FaceEmbedder: aligned face crops in, descriptors out.
 
     embedder = FaceEmbedder(backend="openvino", precision="int8", threads=1)
+    embedder = FaceEmbedder(model_dir, runtime=Runtime.resolve("auto", precision="int8"))
     desc = embedder.embed(crops, normalize=True)   # crops: float32 [N, 3, 113, 113], RGB minus mean
 
 One instance may be shared by several threads. Large inputs are cut into chunks of
@@ -14,10 +15,10 @@ from typing import Optional, Union
 
 import numpy as np
 
-from sfpn_edge import models
-from sfpn_edge.backends import open_model
-from sfpn_edge.errors import ModelError
+from sfpn_edge.errors import ModelError, SfpnError
 from sfpn_edge.kernels.scoring import l2_normalize
+from sfpn_edge.model_dir import ModelDir
+from sfpn_edge.runtime import Runtime
 
 # Best chunk size per (backend, precision), from benchmarks/test_bench_embed.py::test_batch_size
 # at 1 thread on the 2-core Zen 5 box: fp32 and ORT int8 are flat or slower per face beyond 1-2
@@ -25,43 +26,47 @@ from sfpn_edge.kernels.scoring import l2_normalize
 BEST_BATCH = {("openvino", "int8"): 4}
 
 
-def model_path(model_dir: Path, manifest: dict, backend: str, precision: str, device: str = "CPU") -> Path:
-    """The file to load: NPUs take the static-batch IR when the directory has one, and OpenVINO
-    bf16 is an inference-precision hint on the fp32 IR."""
-    files = manifest["files"]
-    if backend == "openvino" and device.upper().startswith("NPU") and precision in files.get("openvino_static", {}):
-        return models.model_file(model_dir, "openvino_static", precision)
-    if backend == "openvino" and precision == "bf16" and "bf16" not in files.get("openvino", {}):
-        precision = "fp32"
-    return models.model_file(model_dir, backend, precision)
+def make_runtime(runtime: Optional[Runtime], backend: Optional[str], precision: Optional[str],
+                 device: Optional[str], threads: Optional[int], cache_dir=None) -> Runtime:
+    """``runtime`` as given, or one resolved from the loose settings (not both)."""
+    if runtime is None:
+        return Runtime.resolve(backend, device=device, precision=precision or "fp32",
+                               threads=threads, cache_dir=cache_dir)
+    if any(v is not None for v in (backend, precision, device, threads, cache_dir)):
+        raise SfpnError("give a runtime or backend/precision/device/threads/cache_dir, not both")
+    return runtime
 
 
 class FaceEmbedder:
-    """SqueezeFacePoseNet descriptors from one model directory on one backend."""
+    """SqueezeFacePoseNet descriptors from one model directory on one runtime.
+
+    ``model_dir``: a path or ``ModelDir`` (None: the cache's default model); ``runtime``: a
+    ``Runtime``, or build one from ``backend``, ``precision``, ``device``, ``threads``, ``cache_dir``.
+    """
 
     def __init__(
         self,
-        model_dir: Optional[Union[str, Path]] = None,
-        backend: str = "onnxruntime",
-        precision: str = "fp32",
-        device: str = "CPU",
+        model_dir: Union[str, Path, ModelDir, None] = None,
+        backend: Optional[str] = None,
+        precision: Optional[str] = None,
+        device: Optional[str] = None,
         threads: Optional[int] = None,
         *,
         batch_size: Optional[int] = None,
         cache_dir: Optional[Union[str, Path]] = None,
+        runtime: Optional[Runtime] = None,
     ):
-        self.model_dir = Path(model_dir) if model_dir is not None else models.default_model_dir()
-        self.manifest = models.load_manifest(self.model_dir)
-        self.input_size = tuple(int(v) for v in self.manifest["input_size"])
-        self.mean = tuple(float(v) for v in self.manifest["mean"])
-        self.descriptor_dim = int(self.manifest["descriptor_dim"])
-        path = model_path(self.model_dir, self.manifest, backend, precision, device)
-        self.model = open_model(path, backend, device=device, precision=precision, threads=threads,
-                                cache_dir=cache_dir)
+        self.dir = ModelDir.of(model_dir)
+        self.model_dir, self.manifest = self.dir.path, self.dir.manifest
+        self.input_size, self.mean, self.descriptor_dim = self.dir.input_size, self.dir.mean, self.dir.descriptor_dim
+        self.runtime = make_runtime(runtime, backend, precision, device, threads, cache_dir)
+        rt = self.runtime
+        path = self.dir.file(rt.backend, rt.precision, rt.device)
+        self.model = rt.open(path)
         self._check_model()
         static_batch = self.model.inputs[0].shape[0]
         if batch_size is None:
-            batch_size = static_batch or BEST_BATCH.get((backend, precision), 1)
+            batch_size = static_batch or BEST_BATCH.get((rt.backend, rt.precision), 1)
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         if static_batch is not None and batch_size != static_batch:
@@ -85,7 +90,8 @@ class FaceEmbedder:
         return self.model.name
 
     def describe(self) -> dict:
-        return {**self.model.describe(), "batch_size": self.batch_size, "model_dir": str(self.model_dir)}
+        return {**self.model.describe(), "batch_size": self.batch_size, "model_dir": str(self.model_dir),
+                "runtime": self.runtime.as_dict()}
 
     def embed(self, batch: np.ndarray, normalize: bool = False) -> np.ndarray:
         """Descriptors float32 [N, D] for crops float32 [N, 3, H, W] (L2-normalised on request)."""

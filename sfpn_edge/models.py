@@ -89,9 +89,11 @@ def write_manifest(model_dir: PathLike, manifest: Dict[str, Any]) -> Path:
     return path
 
 
-def model_file(model_dir: PathLike, backend: str, precision: str = "fp32") -> Path:
-    """Path of the model file for ``backend`` ("onnxruntime", "openvino", ...) and ``precision``."""
-    files = load_manifest(model_dir)["files"]
+def model_file(model_dir: PathLike, backend: str, precision: str = "fp32", *,
+               files: Optional[Dict[str, Any]] = None) -> Path:
+    """Path of the model file of family ``backend`` ("onnxruntime", "openvino", ...) and ``precision``
+    (``files``: the manifest's already read ``files`` entry)."""
+    files = load_manifest(model_dir)["files"] if files is None else files
     if backend not in files:
         raise ModelError(f"{model_dir}: no model for backend '{backend}' (has: {', '.join(sorted(files))})")
     if precision not in files[backend]:

@@ -10,15 +10,18 @@ with a 25 % border, which finds faces that fill the whole frame. No face at all 
 (``face_policy="largest"``, the default) or ``ImageError`` is raised (``face_policy="error"``).
 
 Crop: a square of side max(w, h) of the detector box, enlarged by ``margin`` (default: the
-model manifest's ``crop_margin``, 0.10 for our MTCNN boxes), centred, warped to the model's input
-size by the alignment kernel; with ``flip=True`` the mirrored crop is embedded too and the two
-descriptors are summed. ``crop_faces`` / ``FaceVerifier.embed_faces`` are the same code path the
+model directory's margin for the detector, 0.10 for our MTCNN boxes), centred, warped to the
+model's input size by the alignment kernel (``ModelDir.crop_spec``); with ``flip=True`` the
+mirrored crop is embedded too and the two descriptors are summed. ``crop_faces`` / ``FaceVerifier.embed_faces`` are the same code path the
 CFP end-to-end evaluation calls, so its numbers measure this pipeline.
 
 Decision threshold (cosine, same person when ``score >= threshold``), first match wins:
-``threshold=`` a raw score; else the operating point at ``far=`` (default 1e-3) from the
-manifest's measured ``thresholds`` (see ``operating_points``); else, for the authors' DWC
-weights, the built-in points measured below; else ModelError asking for a threshold.
+``threshold=`` a raw score; else the operating point at ``far=`` (default 1e-3) measured for this
+detector and flip setting (``sfpn_edge.thresholds``: the manifest's, else the built-in points for
+the authors' DWC weights); else ModelError asking for a threshold.
+
+Runtime: one ``Runtime`` (backend, device, precision, threads) runs the embedder, the detector's
+nets (``Runtime.for_graphs``) and the crop kernel; pass ``runtime=`` or the loose settings.
 
 Calibration: when the model directory holds one (``sfpn-edge calibrate``; ``calibration=`` picks
 another or turns it off), descriptors are calibrated after flip averaging and normalisation, the
@@ -34,44 +37,23 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from sfpn_edge import align, models
+from sfpn_edge import align, thresholds
 from sfpn_edge.calibration import Calibration, gallery_key, resolve_calibration
 from sfpn_edge.detect import Detector, Face, check_image
-from sfpn_edge.detect.policy import Detection, find_face
-from sfpn_edge.embed import FaceEmbedder
+from sfpn_edge.detect.policy import RETRY_PAD, Detection, find_face
+from sfpn_edge.detect.registry import make_detector
+from sfpn_edge.embed import FaceEmbedder, make_runtime
 from sfpn_edge.errors import ImageError, ModelError, SfpnError
 from sfpn_edge.io import ImageSource, read_image
 from sfpn_edge.kernels.scoring import l2_normalize
+from sfpn_edge.model_dir import ModelDir
+from sfpn_edge.runtime import Runtime
 from sfpn_edge.score import cosine_pairs
+from sfpn_edge.thresholds import OperatingPoint
 
 DEFAULT_FAR = 1e-3
 FACE_POLICIES = ("largest", "error")
-RETRY_PAD = 0.25  # border added when the detector finds nothing (tight crops such as CFP)
 STAGES = ("decode", "detect", "crop", "embed", "score")
-
-# Fallback operating points (cosine thresholds at false-accept rates) for the authors' DWC
-# weights when the manifest has none: this module's MTCNN pipeline (margin 0.10, fp32 ONNX
-# Runtime), CFP-FP, all 7,000 pairs (3,500 impostors: FAR 1e-3 rests on ~4 of them); threshold =
-# lowest score whose FAR does not exceed the target (sfpn_edge.evaluate.metrics.tar_at_far).
-# Same run: 10-fold accuracy FF 96.57 / FP 87.43 % raw, 96.60 / 88.06 % with flip. Produced by
-#   python benchmarks/measure_pipeline.py --cfp ../shared/data/cfp --model DIR --cache /tmp/cfp_faces.npz
-BUILTIN_OPERATING_POINTS: Dict[str, Dict[bool, Dict[float, float]]] = {
-    models.WEIGHTS_SHA256: {
-        False: {1e-3: 0.8506, 2e-3: 0.8461, 5e-3: 0.8384, 1e-2: 0.8308, 2e-2: 0.8240, 5e-2: 0.8123,
-                1e-1: 0.8037},
-        True: {1e-3: 0.8581, 2e-3: 0.8500, 5e-3: 0.8447, 1e-2: 0.8371, 2e-2: 0.8297, 5e-2: 0.8158,
-               1e-1: 0.8077},
-    },
-}
-
-
-@dataclass(frozen=True)
-class OperatingPoint:
-    """A decision threshold, the false-accept rate it was measured at (None if unknown), and its origin."""
-
-    threshold: float
-    far: Optional[float]
-    source: str
 
 
 @dataclass(frozen=True)
@@ -117,21 +99,8 @@ def crop_faces(images: Sequence[np.ndarray], faces: Sequence[Face], *, margin: f
     Each crop is the square of side max(w, h) of the face box enlarged by ``margin``; with
     ``flip`` the N mirrored crops follow the N originals ([2N, ...]).
     """
-    if len(images) != len(faces):
-        raise ValueError(f"{len(images)} images for {len(faces)} faces")
-    slots: Dict[int, int] = {}  # each distinct image is passed to the kernel once
-    distinct: List[np.ndarray] = []
-    for image in images:
-        if id(image) not in slots:
-            slots[id(image)] = len(distinct)
-            distinct.append(image)
-    index = np.array([slots[id(im)] for im in images], np.int64)
-    matrices = [align.box_matrix(face.box, margin, size) for face in faces]
-    if flip:
-        matrices += [align.hflip_matrix(m, size) for m in matrices]
-        index = np.concatenate([index, index])
-    return align.crop_batch(distinct, np.stack(matrices), image_index=index, size=size, mean=mean,
-                            channel_order="BGR", threads=threads)
+    spec = align.CropSpec(size, tuple(mean)).with_margin(margin)
+    return spec.crop_boxes(images, [face.box for face in faces], flip=flip, threads=threads)
 
 
 class FaceVerifier:
@@ -139,13 +108,15 @@ class FaceVerifier:
 
     def __init__(
         self,
-        model_dir: Optional[Union[str, Path]] = None,
-        backend: str = "onnxruntime",
-        precision: str = "fp32",
+        model_dir: Union[str, Path, ModelDir, None] = None,
+        backend: Optional[str] = None,
+        precision: Optional[str] = None,
         *,
-        device: str = "CPU",
+        device: Optional[str] = None,
         threads: Optional[int] = None,
-        detector: Optional[Detector] = None,
+        runtime: Optional[Runtime] = None,
+        detector: Union[Detector, str] = "mtcnn",
+        detector_weights: Union[str, Path, None] = None,
         margin: Optional[float] = None,
         flip: bool = False,
         face_policy: str = "largest",
@@ -157,22 +128,24 @@ class FaceVerifier:
             raise SfpnError(f"face_policy must be one of {FACE_POLICIES}, got {face_policy!r}")
         if threshold is not None and far is not None:
             raise SfpnError("give a threshold or a FAR, not both")
-        self.embedder = FaceEmbedder(model_dir, backend, precision, device, threads)
+        self.runtime = make_runtime(runtime, backend, precision, device, threads)
+        self.model = ModelDir.of(model_dir)
+        self.embedder = FaceEmbedder(self.model, runtime=self.runtime)
         # True: the model directory's calibration when it has one (descriptors and thresholds).
-        self.calibration = resolve_calibration(calibration, self.embedder.model_dir, self.embedder.manifest)
-        if detector is None:
-            from sfpn_edge.detect.mtcnn import MTCNN
-
-            detector = MTCNN(backend=backend, device=device, threads=threads)
+        self.calibration = resolve_calibration(calibration, self.model.path, self.model.manifest)
+        if isinstance(detector, str):
+            detector = make_detector(detector, detector_weights, self.runtime)
         self.detector = detector
-        self.margin = float(self.embedder.manifest["crop_margin"] if margin is None else margin)
-        if not 0.0 <= self.margin <= 2.0:
-            raise SfpnError(f"margin must be in [0, 2], got {margin!r}")
+        self.detector_name = getattr(detector, "name", type(detector).__name__.lower())
+        try:
+            self.crop_spec = self.model.crop_spec(self.detector_name, margin)
+        except ValueError as exc:
+            raise SfpnError(str(exc)) from None
+        self.margin, self.threads = self.crop_spec.margin, self.runtime.threads
         self.flip = bool(flip)
         self.face_policy = face_policy
-        self.threads = threads
-        self._threshold = None if threshold is None else _check_threshold(threshold)
-        self._far = DEFAULT_FAR if far is None else _check_far(far)
+        self._threshold = None if threshold is None else thresholds.check_threshold(threshold)
+        self._far = DEFAULT_FAR if far is None else thresholds.check_far(far)
         self._operating_point: Optional[OperatingPoint] = None
 
     # -- model facts -----------------------------------------------------------------------
@@ -181,7 +154,7 @@ class FaceVerifier:
     def model_sha256(self) -> str:
         """sha256 of the weights the model was converted from (combined with the calibration's
         digest when calibrated): what a gallery is bound to."""
-        return gallery_key(self.embedder.manifest["source_sha256"], self.calibration)
+        return gallery_key(self.model.source_sha256, self.calibration)
 
     @property
     def descriptor_dim(self) -> int:
@@ -205,31 +178,29 @@ class FaceVerifier:
         return self.operating_point.threshold
 
     def threshold_at(self, far: float) -> OperatingPoint:
-        """The operating point at false-accept rate ``far`` for this model and flip setting."""
-        far = _check_far(far)
-        if self.calibration is not None:
-            points, origin = operating_points({"thresholds": {"operating_points": self.calibration.operating_points}},
-                                              self.flip)
-            origin = origin.replace("manifest", "calibration")
-            if not points:
-                raise ModelError(f"the calibration of {self.embedder.model_dir} has no thresholds for detector "
-                                 f"crops with flip={self.flip}; run `sfpn-edge calibrate --thresholds` (with the "
-                                 "same --flip) or give a raw threshold (--threshold)")
-        else:
-            points, origin = operating_points(self.embedder.manifest, self.flip)
+        """The operating point at false-accept rate ``far`` for this model, detector and flip setting."""
+        far = thresholds.check_far(far)
+        points = self.model.operating_points(self.detector_name, self.flip, self.calibration)
+        if not points and self.calibration is not None:
+            raise ModelError(f"the calibration of {self.model.path} has no thresholds for {self.detector_name} "
+                             f"crops with flip={self.flip}; run `sfpn-edge calibrate --thresholds` (with the "
+                             "same --flip) or give a raw threshold (--threshold)")
         if not points:
             raise ModelError(
-                f"{self.embedder.model_dir}: no measured operating points for this model "
-                f"(flip={self.flip}); give a raw threshold (--threshold) or measure them with `sfpn-edge eval`")
-        measured_at = float(self.embedder.manifest["crop_margin"])
+                f"{self.model.path}: no measured operating points for this model with detector "
+                f"{self.detector_name} (flip={self.flip}); give a raw threshold (--threshold) or measure "
+                "them with `sfpn-edge eval`")
+        op = points.at(far)
+        measured_at = self.model.margin(self.detector_name)
         if not math.isclose(self.margin, measured_at):
-            origin += f"; measured at crop margin {measured_at:g}, this verifier uses {self.margin:g}"
-        return _interpolate(points, far, origin)
+            op = OperatingPoint(op.threshold, op.far, f"{op.source}; measured at crop margin {measured_at:g}, "
+                                                      f"this verifier uses {self.margin:g}")
+        return op
 
     def describe(self) -> dict:
         return {
             "model": self.embedder.describe(),
-            "detector": type(self.detector).__name__,
+            "detector": self.detector_name,
             "margin": self.margin,
             "flip": self.flip,
             "face_policy": self.face_policy,
@@ -258,9 +229,9 @@ class FaceVerifier:
         return FaceFound(det.face, det.source, det.n_faces)
 
     def crop(self, images: Sequence[np.ndarray], faces: Sequence[Face]) -> np.ndarray:
-        """``crop_faces`` with this verifier's margin, flip, model input size and mean."""
-        return crop_faces(images, faces, margin=self.margin, size=self.embedder.input_size[0],
-                          mean=self.embedder.mean, flip=self.flip, threads=self.threads)
+        """Crops of ``faces`` in ``images`` with this verifier's crop spec and flip setting."""
+        return self.crop_spec.crop_boxes(images, [face.box for face in faces], flip=self.flip,
+                                         threads=self.threads)
 
     def embed_crops(self, crops: np.ndarray) -> np.ndarray:
         """L2-normalised descriptors of ``crop`` output (mirrored halves summed when flipping)."""
@@ -313,60 +284,6 @@ class FaceVerifier:
         timings["total"] = (time.perf_counter() - start) * 1e3
         return VerifyResult(score, score >= op.threshold, op.threshold, op.far, op.source,
                             (found[0], found[1]), timings)
-
-
-def operating_points(manifest: dict, flip: bool) -> Tuple[Dict[float, float], str]:
-    """Measured {FAR: threshold} for ``flip`` and where they come from.
-
-    Manifest format (written by the evaluation / calibration code)::
-
-        "thresholds": {"operating_points": [
-            {"far": 0.001, "threshold": 0.87, "flip": false, "crop": "detect", "protocol": "CFP-FP"}, ...]}
-
-    Points measured with another crop than the detector's are ignored. Without manifest points,
-    the built-in table for the authors' weights is used.
-    """
-    entries = manifest.get("thresholds", {}).get("operating_points", [])
-    points = {}
-    for entry in entries if isinstance(entries, list) else []:
-        try:
-            if bool(entry.get("flip", False)) == flip and entry.get("crop", "detect") == "detect":
-                points[float(entry["far"])] = float(entry["threshold"])
-                protocol = entry.get("protocol", "manifest")
-        except (AttributeError, KeyError, TypeError, ValueError):
-            raise ModelError(f"manifest 'thresholds' entry {entry!r} is not an operating point") from None
-    if points:
-        return points, f"manifest ({protocol})"
-    builtin = BUILTIN_OPERATING_POINTS.get(manifest.get("source_sha256"), {}).get(flip, {})
-    return dict(builtin), "built-in CFP-FP measurement for the DWC weights"
-
-
-def _interpolate(points: Dict[float, float], far: float, origin: str) -> OperatingPoint:
-    """Threshold at ``far``: exact point, else log-FAR linear interpolation between neighbours."""
-    fars = sorted(points)
-    for f in fars:
-        if math.isclose(f, far, rel_tol=1e-6):
-            return OperatingPoint(points[f], far, f"{origin}, FAR {far:g}")
-    if not fars[0] < far < fars[-1]:
-        raise SfpnError(f"FAR {far:g} is outside the measured operating points "
-                        f"({fars[0]:g} … {fars[-1]:g}); give a raw threshold instead")
-    hi = next(f for f in fars if f > far)
-    lo = fars[fars.index(hi) - 1]
-    w = (math.log(far) - math.log(lo)) / (math.log(hi) - math.log(lo))
-    threshold = points[lo] + w * (points[hi] - points[lo])
-    return OperatingPoint(threshold, far, f"{origin}, FAR {far:g} interpolated between {lo:g} and {hi:g}")
-
-
-def _check_threshold(threshold: float) -> float:
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not -1.0 <= threshold <= 1.0:
-        raise SfpnError(f"threshold must be a cosine score in [-1, 1], got {threshold!r}")
-    return float(threshold)
-
-
-def _check_far(far: float) -> float:
-    if isinstance(far, bool) or not isinstance(far, (int, float)) or not 0.0 < far < 1.0:
-        raise SfpnError(f"FAR must be a number in (0, 1), got {far!r}")
-    return float(far)
 
 
 def _label(image, i: int) -> str:

@@ -25,13 +25,13 @@ so re-measure on an idle target before moving the thresholds):
 """
 from __future__ import annotations
 
-import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Optional, Tuple
 
 import numpy as np
 
 from sfpn_edge.kernels import scoring as _k
+from sfpn_edge.runtime import check_threads
 
 STORAGES = ("fp32", "fp16", "int8")
 MATRIX_KERNEL_MAX_ROWS = 16
@@ -39,15 +39,6 @@ TOPK_BLAS_MIN_PROBES = 32
 BLAS_CHUNK_ROWS = 8192
 # Below this many multiply-adds a top-k runs on the calling thread (threads cost ~0.1 ms).
 PARALLEL_MIN_MACS = 1 << 24
-
-
-def default_threads() -> int:
-    """Threads for a large top-k: the usable cores, at most 4 (the scan is memory-bound)."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cores = os.cpu_count() or 1
-    return max(1, min(4, cores))
 
 
 def as_descriptors(x, name: str = "x") -> np.ndarray:
@@ -120,15 +111,9 @@ def _check_k(k, n: int) -> int:
     return int(k)
 
 
-def _check_threads(threads) -> int:
-    if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1:
-        raise ValueError(f"threads must be a positive integer, got {threads!r}")
-    return int(threads)
-
-
 def _scan(kernel, n: int, work: int, threads: Optional[int], k: int) -> Tuple[np.ndarray, np.ndarray]:
     """Run ``kernel(start, stop)`` over row ranges of [0, n) on up to ``threads`` threads; merge."""
-    threads = default_threads() if threads is None else _check_threads(threads)
+    threads = check_threads(threads)
     parts = min(threads, max(1, work // PARALLEL_MIN_MACS), n)
     if parts == 1:
         return kernel(0, n)
@@ -163,7 +148,7 @@ def topk(probes, gallery, k: int, *, threads: Optional[int] = None) -> Tuple[np.
     """Best ``k`` gallery rows by cosine for each probe, without building the score matrix.
 
     ``probes`` [P, D] (or [D]), ``gallery`` [N, D]. Returns ``(idx int64 [P, k], scores float32
-    [P, k])`` ([k] each for a single [D] probe). ``threads`` defaults to :func:`default_threads`.
+    [P, k])`` ([k] each for a single [D] probe). ``threads`` defaults to ``sfpn_edge.runtime.default_threads()``.
     """
     single = np.ndim(probes) == 1
     q, g = as_descriptors(probes, "probes"), np.asarray(gallery)
@@ -218,7 +203,7 @@ class Gallery:
         if dim is not None and (isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim < 1):
             raise ValueError(f"dim must be a positive integer, got {dim!r}")
         self.storage = storage
-        self.threads = None if threads is None else _check_threads(threads)
+        self.threads = None if threads is None else check_threads(threads)
         self.dim = None if dim is None else int(dim)
         self.center = None
         if center is not None:

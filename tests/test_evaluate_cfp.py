@@ -40,12 +40,12 @@ def test_fiducial_matrix_frames_the_landmark_box(cfp_root):
     s = 113 / side
     left, top = (x0 + x1 - side) / 2, (y0 + y1 - side) / 2
     expected = np.array([[s, 0, s * (0.5 - left) - 0.5], [0, s, s * (0.5 - top) - 0.5]])
-    np.testing.assert_allclose(runner.fiducial_matrix(pts, 0.3, 113), expected, rtol=1e-12, atol=1e-9)
+    np.testing.assert_allclose(align.CropSpec(113, margin=0.3).matrix(align.points_box(pts)), expected, rtol=1e-12, atol=1e-9)
 
 
 def test_full_image_matrix_equals_cv2_resize(cfp_root):
     image = read_image(cfp_root / "Data" / "Images" / "001" / "frontal" / "01.jpg")
-    m = runner.full_image_matrix(image.shape[1], image.shape[0], 113)
+    m = align.full_image_matrix(image.shape[1], image.shape[0], 113)
     crop = align.crop_batch(image, m, size=113, mean=(0, 0, 0), threads=1)[0].transpose(1, 2, 0)
     ref = cv2.resize(image, (113, 113), interpolation=cv2.INTER_LINEAR)[..., ::-1].astype(np.float32)
     assert np.abs(crop - ref).mean() < 0.6  # cv2.resize rounds to 8 bits and uses fixed-point weights
@@ -58,7 +58,7 @@ def test_runner_equals_direct_path_across_chunks_with_flip(cfp_root, embedder, m
     assert emb.failures == {} and emb.vectors.shape == (len(samples), 1000)
     for i, s in enumerate(samples):
         image = read_image(s.path)
-        m = runner.fiducial_matrix(read_cfp_landmarks(s.landmarks), 0.3, 113)
+        m = align.CropSpec(113, margin=0.3).matrix(align.points_box(read_cfp_landmarks(s.landmarks)))
         crops = align.crop_batch(image, np.stack([m, align.hflip_matrix(m, 113)]), image_index=[0, 0],
                                  size=113, mean=embedder.mean, threads=1)
         d = embedder.embed(crops).sum(axis=0)

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from sfpn_edge.errors import ImageError, ModelError, SfpnError
-from sfpn_edge.pipeline import (DEFAULT_FAR, STAGES, FaceVerifier, OperatingPoint, crop_faces,
-                                operating_points)
+from sfpn_edge import thresholds
+from sfpn_edge.pipeline import DEFAULT_FAR, STAGES, FaceVerifier, OperatingPoint, crop_faces
 
 
 def photo(cfp_root, person: int, kind: str = "frontal", n: int = 1):
@@ -176,6 +176,7 @@ def test_manifest_operating_points_win_and_are_validated(model_dir, verifier, tm
         {"far": 1e-2, "threshold": 0.8, "flip": False, "crop": "detect", "protocol": "CFP-FP"},
         {"far": 1e-3, "threshold": 0.1, "flip": False, "crop": "fiducials", "protocol": "CFP-FP"},
         {"far": 1e-3, "threshold": 0.95, "flip": True, "crop": "detect", "protocol": "CFP-FP"},
+        {"far": 1e-3, "threshold": 0.5, "flip": False, "crop": "detect", "detector": "other", "protocol": "X"},
     ]}
     models.write_manifest(copy, manifest)
     plain = FaceVerifier(copy, detector=verifier.detector)
@@ -183,9 +184,12 @@ def test_manifest_operating_points_win_and_are_validated(model_dir, verifier, tm
     assert FaceVerifier(copy, detector=verifier.detector, flip=True).threshold == 0.95
     mid = FaceVerifier(copy, detector=verifier.detector, far=10 ** -2.5).threshold
     assert mid == pytest.approx(0.85)
-    manifest["thresholds"] = {"operating_points": [{"far": "often"}]}
-    with pytest.raises(ModelError, match="operating point"):
-        operating_points(manifest, False)
+    assert thresholds.for_model(manifest, detector="other").at(1e-3).threshold == 0.5  # keyed by detector
+    for bad in ({"far": "often"}, {"far": 1e-3, "threshold": float("nan")}, {"far": 0.0, "threshold": 0.8},
+                {"far": 1e-3, "threshold": 2.5}):
+        manifest["thresholds"] = {"operating_points": [bad]}
+        with pytest.raises(ModelError, match="operating point"):
+            thresholds.for_model(manifest, detector="mtcnn", flip=False)
     # Another model without measured points: a clear error, unless a raw threshold is given.
     manifest["thresholds"], manifest["source_sha256"] = {}, "0" * 64
     models.write_manifest(copy, manifest)

@@ -7,9 +7,8 @@ from typing import Optional, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
-from sfpn_edge.errors import ModelError
+from sfpn_edge.errors import ModelError, SfpnError
 
-PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 MYRIAD_GONE = (
     "MYRIAD (Intel Movidius VPU) support was removed from OpenVINO after 2022.3 LTS; "
     "the current Intel VPU is the NPU device (target 'vpu')"
@@ -73,7 +72,8 @@ class BackendBase:
 
     name = ""
 
-    def __init__(self, path: Path, device: str, precision: str, threads: Optional[int]):
+    def __init__(self, path: Path, device: str, precision: str, threads: int):
+        check_precision(self.name, precision)
         self.path = Path(path)
         self.device = device
         self.precision = precision
@@ -123,9 +123,10 @@ def check_model_file(path: Path, suffixes: tuple) -> Path:
     return path
 
 
-def check_threads(threads: Optional[int]) -> Optional[int]:
-    if threads is None:
-        return None
-    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-        raise ValueError(f"threads must be a positive integer or None, got {threads!r}")
-    return threads
+def check_precision(backend: str, precision: str, why: str = "") -> None:
+    """SfpnError unless the registry says ``backend`` runs ``precision`` (``why`` explains a refusal)."""
+    from sfpn_edge.backends.registry import get
+
+    offered = get(backend).precisions
+    if precision not in offered:
+        raise SfpnError(f"{backend} runs {' / '.join(offered)} models, not {precision!r}{why}")

@@ -3,12 +3,11 @@
 No ONNX Runtime or OpenVINO in the loop: a SqueezeNet-style graph quantized per channel runs as
 uint8 NHWC ops (``sfpn_edge.kernels.engine``), on AVX-512 VNNI where the CPU has it, else on
 portable C loops (correct everywhere, fast only with VNNI). Each face is split over ``threads``
-threads (None: one per core); descriptors are identical for any thread count.
+threads; descriptors are identical for any thread count.
 """
 from __future__ import annotations
 
 import json
-import os
 import zipfile
 from pathlib import Path
 from typing import Optional
@@ -19,7 +18,6 @@ from sfpn_edge.backends.base import BackendBase, TensorSpec, check_model_file
 from sfpn_edge.errors import ModelError, SfpnError
 from sfpn_edge.kernels.engine import MAX_THREADS, Int8Engine, cpu_has_vnni
 
-PRECISIONS = ("int8",)
 PLAN_FORMAT = "sfpn-native-int8"
 PLAN_VERSION = 1
 
@@ -55,17 +53,15 @@ class NativeBackend(BackendBase):
     name = "native"
 
     def __init__(self, path: Path, *, device: str = "CPU", precision: str = "int8",
-                 threads: Optional[int] = None, portable: bool = False):
+                 threads: int = 1, cache_dir: Optional[Path] = None, portable: bool = False):
         path = check_model_file(path, (".npz",))
         if device.upper() != "CPU":
             raise SfpnError(f"the native backend runs on the CPU only, not {device!r}")
-        if precision not in PRECISIONS:
-            raise SfpnError(f"the native backend runs int8 plans only, not {precision!r}")
         super().__init__(path, "CPU", precision, threads)
         plan, arrays = load_plan(path)
         try:
             self.engine = Int8Engine(plan, arrays, portable=portable,
-                                     threads=min(threads or os.cpu_count() or 1, MAX_THREADS))
+                                     threads=min(threads, MAX_THREADS))
         except ValueError as exc:
             raise ModelError(f"{path.name}: invalid plan: {exc}") from None
         self.inputs = [TensorSpec("input", np.dtype(np.float32), (None,) + self.engine.input_shape)]

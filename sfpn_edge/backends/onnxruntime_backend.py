@@ -17,12 +17,11 @@ import numpy as np
 import onnxruntime as ort
 
 from sfpn_edge import platform_info
-from sfpn_edge.backends.base import BackendBase, TensorSpec, check_model_file
+from sfpn_edge.backends.base import BackendBase, TensorSpec, check_model_file, check_precision
 from sfpn_edge.cache import sha256_file
 from sfpn_edge.errors import ModelError, SfpnError
 
 DEVICES = {"CPU": "CPUExecutionProvider", "XNNPACK": "XnnpackExecutionProvider"}
-PRECISIONS = ("fp32", "int8")
 
 _ORT_DTYPES = {
     "tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16,
@@ -45,7 +44,7 @@ class OnnxRuntimeBackend(BackendBase):
         *,
         device: str = "CPU",
         precision: str = "fp32",
-        threads: Optional[int] = None,
+        threads: int = 1,
         cache_dir: Optional[Path] = None,
         spinning: bool = False,
     ):
@@ -57,12 +56,8 @@ class OnnxRuntimeBackend(BackendBase):
             raise SfpnError(
                 f"this onnxruntime build has no {DEVICES[device]}; available: {ort.get_available_providers()}"
             )
-        if precision not in PRECISIONS:
-            raise SfpnError(
-                f"onnxruntime runs {' / '.join(PRECISIONS)} models; {precision!r} is not offered: its CPU "
-                "kernels compute fp16/bf16 graphs in fp32 behind Cast nodes (slower, no gain). "
-                "Use backend='openvino' for fp16/bf16, or int8 for speed."
-            )
+        check_precision(self.name, precision, ": its CPU kernels compute fp16/bf16 graphs in fp32 behind Cast "
+                        "nodes (slower, no gain); use backend='openvino' for fp16/bf16, or int8 for speed")
         super().__init__(path, device, precision, threads)
         self.spinning = spinning
         options = self._session_options()
@@ -81,7 +76,7 @@ class OnnxRuntimeBackend(BackendBase):
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.inter_op_num_threads = 1
         # XNNPACK runs its own pool; the ORT pool then only handles the ops it leaves behind.
-        options.intra_op_num_threads = 1 if self.device == "XNNPACK" else (self.threads or 0)
+        options.intra_op_num_threads = 1 if self.device == "XNNPACK" else self.threads
         spin = "1" if self.spinning else "0"  # spinning workers steal the CPU from other work
         options.add_session_config_entry("session.intra_op.allow_spinning", spin)
         options.add_session_config_entry("session.inter_op.allow_spinning", spin)
@@ -90,7 +85,7 @@ class OnnxRuntimeBackend(BackendBase):
 
     def _providers(self) -> list:
         if self.device == "XNNPACK":
-            return [("XnnpackExecutionProvider", {"intra_op_num_threads": self.threads or 0}),
+            return [("XnnpackExecutionProvider", {"intra_op_num_threads": self.threads}),
                     "CPUExecutionProvider"]
         return ["CPUExecutionProvider"]
 

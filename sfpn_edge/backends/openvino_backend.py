@@ -17,7 +17,6 @@ import openvino as ov
 from sfpn_edge.backends.base import MYRIAD_GONE, BackendBase, TensorSpec, check_model_file
 from sfpn_edge.errors import ModelError, SfpnError
 
-PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 DEVICE_FAMILIES = ("CPU", "GPU", "NPU", "AUTO")
 
 
@@ -52,15 +51,13 @@ class OpenVinoBackend(BackendBase):
         *,
         device: str = "CPU",
         precision: str = "fp32",
-        threads: Optional[int] = None,
+        threads: int = 1,
         cache_dir: Optional[Path] = None,
         batch: Optional[int] = None,
     ):
         path = check_model_file(path, (".xml", ".onnx"))
         device = device.upper()
         _check_device(device)
-        if precision not in PRECISIONS:
-            raise SfpnError(f"openvino precision must be one of {PRECISIONS}, got {precision!r}")
         super().__init__(path, device, precision, threads)
         model = _read(path)
         if batch is not None or device.startswith("NPU"):
@@ -86,7 +83,7 @@ class OpenVinoBackend(BackendBase):
         hint = inference_precision(self.device, self.precision)
         if hint is not None:
             config["INFERENCE_PRECISION_HINT"] = hint
-        if self.threads is not None and self.device.startswith("CPU"):
+        if self.device.startswith("CPU"):
             config["INFERENCE_NUM_THREADS"] = self.threads
         if cache_dir is not None:
             Path(cache_dir).mkdir(parents=True, exist_ok=True)

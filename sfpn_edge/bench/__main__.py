@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cfp-root", metavar="DIR",
                    help="CFP dataset root for accuracy (default: $SFPN_SHARED/data/cfp or ../shared/data/cfp)")
     p.add_argument("--no-accuracy", action="store_true", help="skip the CFP accuracy columns")
-    p.add_argument("--backends", metavar="LIST", help=f"comma list from {','.join(configs.BACKENDS)}")
+    p.add_argument("--backends", metavar="LIST", help=f"comma list from {','.join(configs.backends())}")
     p.add_argument("--precisions", metavar="LIST", help=f"comma list from {','.join(configs.PRECISIONS)}")
     p.add_argument("--threads", metavar="LIST", help="comma list of thread counts (default 1,2)")
     p.add_argument("--no-baseline", action="store_true",
@@ -177,7 +177,7 @@ def _speedups(rows: List[dict]) -> None:
 def run(args: argparse.Namespace) -> dict:
     started = time.perf_counter()
     settings = configs.QUICK if args.quick else configs.FULL
-    backends = configs.parse_list(args.backends, configs.BACKENDS, "backend")
+    backends = configs.parse_list(args.backends, configs.backends(), "backend")
     precisions = configs.parse_list(args.precisions, configs.PRECISIONS, "precision")
     threads = configs.parse_threads(args.threads)
     stages = () if args.stages.strip() == "none" else configs.parse_list(args.stages, STAGES, "stage")

@@ -23,19 +23,19 @@ class ConfigFanout:
     """Embeds crops with several (backend, precision) models at once; descriptors concatenated."""
 
     def __init__(self, model_dir: Path, configs: Sequence[Tuple[str, str]], threads: int):
-        from sfpn_edge import models
         from sfpn_edge.backends import open_model
-        from sfpn_edge.bench.configs import model_path
+        from sfpn_edge.model_dir import ModelDir
 
-        self.manifest = models.load_manifest(model_dir)
-        self.input_size = tuple(int(v) for v in self.manifest["input_size"])
-        self.mean = tuple(float(v) for v in self.manifest["mean"])
-        self.dim = int(self.manifest["descriptor_dim"])
+        self.dir = ModelDir(model_dir)
+        self.manifest = self.dir.manifest
+        self.input_size = self.dir.input_size
+        self.mean = self.dir.mean
+        self.dim = self.dir.descriptor_dim
         self.models: List[tuple] = []
         self.unavailable: Dict[tuple, str] = {}
         for backend, precision in configs:
             try:
-                path = model_path(Path(model_dir), backend, precision)
+                path = self.dir.file(backend, precision)
                 self.models.append(((backend, precision), open_model(path, backend, precision=precision,
                                                                      threads=threads)))
             except SfpnError as exc:

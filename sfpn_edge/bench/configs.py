@@ -8,16 +8,12 @@ from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
 from sfpn_edge import platform_info
+from sfpn_edge.backends import registry
+from sfpn_edge.backends.registry import PRECISIONS
 from sfpn_edge.errors import SfpnError
+from sfpn_edge.model_dir import ModelDir
 
-BACKENDS = ("onnxruntime", "openvino", "native")
-PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 THREADS = (1, 2)
-_BACKEND_MODULES = {
-    "onnxruntime": "sfpn_edge.backends.onnxruntime_backend",
-    "openvino": "sfpn_edge.backends.openvino_backend",
-    "native": "sfpn_edge.backends.native_backend",
-}
 BASELINE_LABEL = "ONNX Runtime, default session"
 
 
@@ -91,13 +87,19 @@ def parse_threads(text: Optional[str]) -> tuple:
     return values
 
 
+def backends() -> tuple:
+    """The registered backends, in registration order (read when asked: a backend registered at
+    run time is benched like the built-in ones)."""
+    return registry.names()
+
+
 def unsupported_reason(backend: str, precision: str) -> str:
     """Why ``backend`` cannot run ``precision`` on this machine ('' when it can)."""
-    try:
-        module = importlib.import_module(_BACKEND_MODULES[backend])
-    except ImportError as exc:
-        return f"{backend} is not installed ({exc.name})"
-    offered = getattr(module, "PRECISIONS", PRECISIONS)
+    spec = registry.get(backend)
+    missing = spec.missing()
+    if missing:
+        return missing
+    offered = spec.precisions
     if precision not in offered:
         return f"{backend} offers {'/'.join(offered)} only"
     if precision == "bf16":
@@ -109,21 +111,18 @@ def unsupported_reason(backend: str, precision: str) -> str:
 
 def model_path(model_dir: Path, backend: str, precision: str) -> Path:
     """The file a CPU row loads (the runtime's own rule: bf16 runs the fp32 IR with a hint)."""
-    from sfpn_edge import models
-    from sfpn_edge.embed import model_path as runtime_model_path
-
-    return runtime_model_path(model_dir, models.load_manifest(model_dir), backend, precision)
+    return ModelDir(model_dir).file(backend, precision)
 
 
 def model_candidates(
     model_dir: Path,
-    backends: Iterable[str] = BACKENDS,
+    backends: Optional[Iterable[str]] = None,
     precisions: Iterable[str] = PRECISIONS,
     threads: Iterable[int] = THREADS,
 ) -> list:
     """Every (backend, precision, threads) row, in display order, with its model file or reason."""
     rows = []
-    for backend in backends:
+    for backend in backends if backends is not None else registry.names():
         for precision in precisions:
             reason = unsupported_reason(backend, precision)
             path = None

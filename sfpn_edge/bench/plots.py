@@ -4,11 +4,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import List
 
+from sfpn_edge.backends import registry
 from sfpn_edge.bench.baseline import TARGET_MS_PER_FACE
 from sfpn_edge.bench.configs import BASELINE_LABEL
 from sfpn_edge.errors import SfpnError
 
-COLOURS = {"onnxruntime": "tab:blue", "openvino": "tab:purple", "native": "tab:orange"}
+PALETTE = ("tab:blue", "tab:purple", "tab:orange", "tab:green", "tab:red", "tab:brown", "tab:pink", "tab:olive")
 BASELINE_COLOUR = "tab:grey"
 MARKERS = {"fp32": "o", "fp16": "s", "bf16": "D", "int8": "^"}
 
@@ -35,13 +36,18 @@ def _label(row: dict) -> str:
 
 
 def _colour(row: dict) -> str:
-    return BASELINE_COLOUR if row.get("baseline") else COLOURS.get(row["backend"], "grey")
+    """One colour per backend, by its place in the registry (grey for one no longer registered)."""
+    if row.get("baseline"):
+        return BASELINE_COLOUR
+    names = registry.names()
+    return PALETTE[names.index(row["backend"]) % len(PALETTE)] if row["backend"] in names else "grey"
 
 
 def _legend(ax) -> None:
     from matplotlib.lines import Line2D
 
-    handles = [Line2D([], [], color=c, marker="o", linestyle="", label=b) for b, c in COLOURS.items()]
+    handles = [Line2D([], [], color=_colour({"backend": b}), marker="o", linestyle="", label=b)
+               for b in registry.names()]
     handles.append(Line2D([], [], color=BASELINE_COLOUR, marker="o", linestyle="", label=BASELINE_LABEL))
     handles += [Line2D([], [], color="grey", marker=m, linestyle="", label=p) for p, m in MARKERS.items()]
     ax.legend(handles=handles, fontsize=8, loc="best", title="colour: backend, marker: precision, size: threads",

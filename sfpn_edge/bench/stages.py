@@ -116,10 +116,11 @@ def score(spec: dict) -> tuple:
 
 def detect(spec: dict) -> tuple:
     """MTCNN on real face photos (padded retry included via ``find_face``)."""
-    from sfpn_edge.detect.mtcnn import MTCNN
+    from sfpn_edge.detect.registry import make_detector
+    from sfpn_edge.runtime import Runtime
 
     images = face_images(spec)
-    detector = MTCNN(threads=1)
+    detector = make_detector("mtcnn", None, Runtime.resolve(threads=1))
     shapes = sorted({f"{im.shape[1]}x{im.shape[0]}" for im in images})
 
     def run():

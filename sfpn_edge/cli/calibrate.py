@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import List, Optional, Tuple
 
-from sfpn_edge.cli.common import add_model_options, model_dir
+from sfpn_edge.cli.common import add_model_options, make_detector, make_embedder
 from sfpn_edge.cli.output import emit
 from sfpn_edge.errors import SfpnError
 
@@ -118,15 +118,14 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from sfpn_edge.calibration import save_calibration
-    from sfpn_edge.embed import FaceEmbedder
     from sfpn_edge.evaluate import calibrate_fit as cf
     from sfpn_edge.evaluate.protocols import Sample
-    from sfpn_edge.evaluate.runner import embed_samples, resolve_margin
+    from sfpn_edge.evaluate.runner import crop_samples, crop_spec, embed_samples
 
     paths, labels, label_source = collect_images(args.images, args.labels)
     method = args.method or ("lda" if labels is not None else "center")
-    mdir = model_dir(args)
-    embedder = FaceEmbedder(mdir, args.backend, args.precision, threads=args.threads)
+    embedder = make_embedder(args)
+    mdir = embedder.model_dir
     plan = cf.plan(method, args.dim, args.pca_dim, args.shrinkage, embedder.descriptor_dim)
     y = None if labels is None else np.array(labels)
     cf.check_data(plan, len(paths), y)  # refuse before the slow part
@@ -134,22 +133,18 @@ def run(args: argparse.Namespace) -> int:
         raise SfpnError("--thresholds needs identities (one folder per identity, or --labels)")
     if (args.bake or args.int8) and args.out is not None:
         raise SfpnError("--bake and --int8 write into the model directory; leave out --out")
-    detector = None
-    if args.crop == "detect":
-        from sfpn_edge.detect.mtcnn import MTCNN
-
-        detector = MTCNN(args.detector_weights, args.backend, threads=args.threads)
-    margin = resolve_margin(args.crop, args.margin, embedder.manifest) if args.crop == "detect" else None
+    detector = make_detector(args, embedder.runtime) if args.crop == "detect" else None
+    margin = crop_spec(args.crop, embedder, args.margin, detector).margin if args.crop == "detect" else None
     start = time.perf_counter()
     emb = embed_samples([Sample(p) for p in paths], embedder, crop=args.crop, margin=margin, flip=args.flip,
-                        detector=detector, threads=args.threads, no_face="error")
+                        detector=detector, threads=embedder.runtime.threads, no_face="error")
     ok = emb.ok
     if y is not None:
         y = y[ok]
     cf.check_data(plan, int(ok.sum()), y)  # again, without the images that had no face
     info = {"source": str(args.images), "labels": label_source, "model_sha256": embedder.manifest["source_sha256"],
             "crop": args.crop, "margin": margin, "flip": args.flip, "backend": embedder.backend,
-            "precision": args.precision, "skipped_images": len(emb.failures)}
+            "precision": embedder.runtime.precision, "skipped_images": len(emb.failures)}
     cal = cf.fit(emb.vectors[ok], y, plan.method, plan.dim, pca_dim=plan.pca_dim, shrinkage=plan.shrinkage,
                  info=info)
     pair_counts = None
@@ -157,7 +152,8 @@ def run(args: argparse.Namespace) -> int:
         points, pair_counts = cf.operating_points(emb.vectors[ok], y, method=plan.method, dim=plan.dim,
                                                   pca_dim=plan.pca_dim, shrinkage=plan.shrinkage)
         protocol = f"calibration pairs, cross-fitted ({pair_counts['impostor_pairs']} impostor pairs)"
-        cal.operating_points.extend({**p, "flip": args.flip, "crop": args.crop, "protocol": protocol}
+        made_by = {"detector": detector.name} if detector is not None else {}
+        cal.operating_points.extend({**p, "flip": args.flip, "crop": args.crop, **made_by, "protocol": protocol}
                                     for p in points)
     dest = args.out or mdir
     baked = None
@@ -172,7 +168,8 @@ def run(args: argparse.Namespace) -> int:
 
         used = np.flatnonzero(ok)
         chosen = [paths[i] for i in used[np.linspace(0, len(used) - 1, min(INT8_IMAGES, len(used))).astype(int)]]
-        crops = int8_crops(chosen, args.crop, margin, embedder, detector)
+        crops = crop_samples([Sample(p) for p in chosen], crop_spec(args.crop, embedder, margin, detector),
+                             args.crop, detector)
         with contextlib.redirect_stdout(sys.stderr):  # NNCF draws progress bars on stdout
             int8 = quantize_model_dir(mdir, crops, f"sfpn-edge calibrate: {len(crops)} {args.crop} crops from "
                                                     f"{args.images}")["files"]
@@ -190,26 +187,6 @@ def run(args: argparse.Namespace) -> int:
     }
     emit(result, args.json, _human)
     return 0
-
-
-def int8_crops(paths: List[Path], crop: str, margin: Optional[float], embedder, detector):
-    """Model input crops of ``paths`` framed as for the descriptors (detector box or whole image)."""
-    import numpy as np
-
-    from sfpn_edge import align
-    from sfpn_edge.detect.policy import find_face
-    from sfpn_edge.evaluate.runner import full_image_matrix
-    from sfpn_edge.io import read_image
-    from sfpn_edge.pipeline import RETRY_PAD
-
-    size = embedder.input_size[0]
-    images = [read_image(p) for p in paths]
-    if crop == "full":
-        matrices = [full_image_matrix(im.shape[1], im.shape[0], size) for im in images]
-    else:
-        boxes = [find_face(detector, im, retry_pad=RETRY_PAD, fallback="error").face.box for im in images]
-        matrices = [align.box_matrix(box, margin, size) for box in boxes]
-    return align.crop_batch(images, np.stack(matrices), size=size, mean=embedder.mean, channel_order="BGR")
 
 
 def _human(r: dict) -> str:

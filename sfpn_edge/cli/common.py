@@ -9,25 +9,41 @@ import argparse
 import os
 from pathlib import Path
 
-from sfpn_edge.backends import FACE_BACKENDS
-from sfpn_edge.errors import ModelError
+from sfpn_edge.backends import registry
+from sfpn_edge.errors import ModelError, SfpnError
 
 MODEL_ENV = "SFPN_EDGE_MODEL"
 
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:
-    """--model, --backend, --precision, --threads."""
+    """--model, --backend, --precision, --device, --target, --threads (one ``Runtime``)."""
     group = parser.add_argument_group("model")
     group.add_argument("--model", type=Path, metavar="DIR",
                        help=f"converted model directory (default: ${MODEL_ENV}, else the model "
                             "`sfpn-edge fetch-weights` put in the cache)")
-    group.add_argument("--backend", default="onnxruntime", choices=FACE_BACKENDS,
-                       help="inference backend (default: onnxruntime; native runs the int8 plan on "
-                            "sfpn-edge's own kernels: use with --precision int8)")
+    group.add_argument("--backend", default=None, choices=registry.names() + ("auto",),
+                       help="inference backend (default: onnxruntime; auto: what --target auto picks; "
+                            "native runs the int8 plan on sfpn-edge's own kernels: use with --precision int8)")
     group.add_argument("--precision", default="fp32",
                        help="model precision listed in the model's manifest, e.g. fp32, fp16, int8 (default: fp32)")
+    group.add_argument("--device", default=None, metavar="D",
+                       help="device of the backend, e.g. CPU, XNNPACK (onnxruntime), GPU, NPU (openvino); default CPU")
+    group.add_argument("--target", default=None, metavar="T",
+                       help="let the target policy pick backend and device: cpu, arm, vpu or auto "
+                            "(see `sfpn-edge info`; not with --backend)")
     group.add_argument("--threads", type=_positive_int, default=None, metavar="N",
-                       help="threads per inference (default: the backend's choice)")
+                       help="threads per inference (default: the usable CPUs, at most 4)")
+
+
+def runtime(args: argparse.Namespace):
+    """The ``Runtime`` the parsed model options describe (SfpnError for a bad combination)."""
+    from sfpn_edge.runtime import Runtime
+
+    try:
+        return Runtime.resolve(args.backend, device=args.device, precision=args.precision,
+                               threads=args.threads, target=args.target)
+    except ValueError as exc:
+        raise SfpnError(str(exc)) from None
 
 
 def add_pipeline_options(parser: argparse.ArgumentParser) -> None:
@@ -71,15 +87,25 @@ def model_dir(args: argparse.Namespace) -> Path:
 
 def make_verifier(args: argparse.Namespace):
     """A FaceVerifier configured from the parsed model / pipeline / threshold options."""
-    from sfpn_edge.detect.mtcnn import MTCNN
     from sfpn_edge.pipeline import FaceVerifier
 
-    path = model_dir(args)
-    detector = MTCNN(args.detector_weights, args.backend, threads=args.threads)
-    return FaceVerifier(path, args.backend, args.precision, threads=args.threads,
-                        detector=detector, margin=args.margin, flip=args.flip,
-                        face_policy=args.face_policy, threshold=getattr(args, "threshold", None),
-                        far=getattr(args, "far", None))
+    return FaceVerifier(model_dir(args), runtime=runtime(args), detector_weights=args.detector_weights,
+                        margin=args.margin, flip=args.flip, face_policy=args.face_policy,
+                        threshold=getattr(args, "threshold", None), far=getattr(args, "far", None))
+
+
+def make_embedder(args: argparse.Namespace):
+    """A FaceEmbedder for the parsed model options."""
+    from sfpn_edge.embed import FaceEmbedder
+
+    return FaceEmbedder(model_dir(args), runtime=runtime(args))
+
+
+def make_detector(args: argparse.Namespace, rt=None):
+    """The face detector for the parsed pipeline options, on ``rt`` (default: the options' runtime)."""
+    from sfpn_edge.detect.registry import make_detector as make
+
+    return make("mtcnn", args.detector_weights, rt if rt is not None else runtime(args))
 
 
 def _positive_int(text: str) -> int:

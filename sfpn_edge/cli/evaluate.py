@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import List, Optional
 
-from sfpn_edge.cli.common import add_model_options, model_dir
+from sfpn_edge.cli.common import add_model_options, make_detector, make_embedder
 from sfpn_edge.errors import SfpnError
 
 
@@ -97,10 +97,9 @@ def _fold_list(text: str) -> List[int]:
 def run(args: argparse.Namespace) -> int:
     from sfpn_edge import __version__
     from sfpn_edge.cache import sha256_file
-    from sfpn_edge.embed import FaceEmbedder
     from sfpn_edge.evaluate import protocols as P
     from sfpn_edge.evaluate.metrics import histogram
-    from sfpn_edge.evaluate.runner import evaluate, resolve_margin
+    from sfpn_edge.evaluate.runner import crop_spec, evaluate
 
     if not 0.0 <= args.max_skipped <= 1.0:
         raise SfpnError(f"--max-skipped must be a fraction in [0, 1], got {args.max_skipped}")
@@ -114,14 +113,9 @@ def run(args: argparse.Namespace) -> int:
         if args.crop == "fiducials":
             raise SfpnError("pairs files carry no landmarks: use --crop detect or --crop full")
 
-    mdir = model_dir(args)
-    embedder = FaceEmbedder(mdir, args.backend, args.precision, threads=args.threads)
-    detector = None
-    if args.crop == "detect":
-        from sfpn_edge.detect.mtcnn import MTCNN
-
-        detector = MTCNN(args.detector_weights, args.backend, threads=args.threads)
-    margin = None if args.crop == "full" else resolve_margin(args.crop, args.margin, embedder.manifest)
+    embedder = make_embedder(args)
+    detector = make_detector(args, embedder.runtime) if args.crop == "detect" else None
+    margin = None if args.crop == "full" else crop_spec(args.crop, embedder, args.margin, detector).margin
     show = not args.no_progress and sys.stderr.isatty()
     cpu_start = time.process_time()
     options = dict(crop=args.crop, margin=margin, flip=args.flip, detector=detector, threads=args.threads,
@@ -149,9 +143,9 @@ def run(args: argparse.Namespace) -> int:
             "margin": margin,
             "flip": args.flip,
             "backend": embedder.backend,
-            "precision": args.precision,
+            "precision": embedder.runtime.precision,
             "threads": args.threads,
-            "model_dir": str(mdir),
+            "model_dir": str(embedder.model_dir),
             "model_file": weights.name,
             "model_sha256": sha256_file(weights),
             "weights_sha256": embedder.manifest.get("source_sha256"),

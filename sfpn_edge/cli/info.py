@@ -11,7 +11,8 @@ def register(subparsers) -> None:
         "info",
         help="show the platform, CPU features, inference devices and the backend a target picks",
         description="Report the architecture, CPU model and features (SIMD, int8 dot product, bf16), "
-                    "OpenVINO devices, ONNX Runtime providers, library versions, the targets usable "
+                    "OpenVINO devices, ONNX Runtime providers, library versions, the registered backends "
+                    "(precisions, devices), the targets usable "
                     "here, and which backend + device --target (default auto) chooses and why, for fp32 and for int8.",
     )
     parser.add_argument("--target", default="auto", metavar="T",
@@ -27,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
     import numpy
 
     from sfpn_edge import __version__
-    from sfpn_edge.backends import select
+    from sfpn_edge.backends import registry, select
 
     env = select.Environment.detect()
     choice = select.choose(args.target, env)
@@ -38,6 +39,7 @@ def run(args: argparse.Namespace) -> int:
         "openvino_devices": list(env.openvino_devices) if env.openvino_devices is not None else None,
         "onnxruntime_providers": list(env.ort_providers) if env.ort_providers is not None else None,
         "versions": {"numpy": numpy.__version__, **env.versions},
+        "backends": {spec.name: _backend(spec) for spec in registry.specs()},
         "available_targets": select.available_targets(env),
         "choice": choice.as_dict(),
         "choice_int8": select.choose(args.target, env, precision="int8").as_dict(),
@@ -45,6 +47,13 @@ def run(args: argparse.Namespace) -> int:
     }
     emit(result, args.json, _human)
     return 0
+
+
+def _backend(spec) -> dict:
+    """What ``info`` reports about one registered backend."""
+    missing = spec.missing()
+    return {"precisions": list(spec.precisions), "devices": [] if missing else spec.devices(),
+            "available": missing is None, "missing": missing, "summary": spec.summary}
 
 
 def _human(r: dict) -> str:
@@ -57,6 +66,8 @@ def _human(r: dict) -> str:
         f"{'  [int8 dot product]' if p['int8_dot'] else ''}",
         f"openvino:   {_list(r['openvino_devices'])}",
         f"onnxruntime: {_list(r['onnxruntime_providers'])}",
+        *(f"backend {name}: {', '.join(b['precisions'])} on {', '.join(b['devices']) or '(no device)'}"
+          if b["available"] else f"backend {name}: {b['missing']}" for name, b in r["backends"].items()),
         f"targets:    {', '.join(r['available_targets']) or '(none)'}",
         f"{c['target']} -> {c['backend']} on {c['device']}: {c['reason']}",
         f"{c['target']}, int8 -> {i8['backend']} on {i8['device']}: {i8['reason']}",

@@ -19,11 +19,11 @@ from typing import List, Optional, Sequence, Tuple, Union
 import cv2
 import numpy as np
 
-from sfpn_edge.backends import BACKENDS, open_model
 from sfpn_edge.detect import PAD_MODES, Face, check_image, pad_image, shift_face
 from sfpn_edge.detect.weights import net_paths
 from sfpn_edge.errors import ModelError, SfpnError
 from sfpn_edge.kernels.nms import nms
+from sfpn_edge.runtime import Runtime
 
 PNET_CELL, PNET_STRIDE = 12, 2
 BATCH = 128  # R-Net / O-Net crops per backend call
@@ -37,15 +37,19 @@ class MTCNN:
     fraction of the image width/height on every side before detecting (``pad_mode``
     "replicate" or "constant" black), so faces that fill the whole image (tight crops) are
     still found; boxes and landmarks are returned in the original image's coordinates.
+
+    ``runtime``: a ``Runtime`` or a backend name (then ``device`` and ``threads`` complete it); the
+    nets run on its ``for_graphs()`` side, in fp32 (the native backend runs the face model only).
     """
+
+    name = "mtcnn"
 
     def __init__(
         self,
-        model_dir: Optional[Union[str, Path]] = None,
-        backend: str = "onnxruntime",
+        weights: Optional[Union[str, Path]] = None,
+        runtime: Union[Runtime, str, None] = None,
         *,
-        device: str = "CPU",
-        precision: str = "fp32",
+        device: Optional[str] = None,
         threads: Optional[int] = None,
         min_face_size: float = 20.0,
         thresholds: Sequence[float] = (0.6, 0.7, 0.7),
@@ -68,13 +72,13 @@ class MTCNN:
         self.scale_factor = float(scale_factor)
         self.pad = float(pad)
         self.pad_mode = pad_mode
-        paths = net_paths(Path(model_dir) if model_dir is not None else None)
-        if backend not in BACKENDS:   # "native" runs the face model's int8 plan only: ORT runs the nets
-            backend = "onnxruntime"
-        opts = dict(device=device, precision=precision, threads=threads)
-        self.pnet = open_model(paths["pnet"], backend, **opts)
-        self.rnet = open_model(paths["rnet"], backend, **opts)
-        self.onet = open_model(paths["onet"], backend, **opts)
+        paths = net_paths(Path(weights) if weights is not None else None)
+        if not isinstance(runtime, Runtime):
+            runtime = Runtime.resolve(runtime, device=device, threads=threads)
+        self.runtime = runtime.for_graphs()
+        self.pnet = self.runtime.open(paths["pnet"])
+        self.rnet = self.runtime.open(paths["rnet"])
+        self.onet = self.runtime.open(paths["onet"])
 
     def detect(self, image: np.ndarray) -> List[Face]:
         """Faces in a uint8 BGR (H, W, 3) image, best score first."""

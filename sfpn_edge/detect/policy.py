@@ -16,9 +16,12 @@ from typing import Callable, Dict, Iterable, Optional
 
 import numpy as np
 
+from sfpn_edge.align import whole_image_box
 from sfpn_edge.detect import PAD_MODES, Detector, Face, check_image, pad_image, shift_face
 from sfpn_edge.errors import ImageError, SfpnError
 
+RETRY_PAD = 0.25
+"""Border added for the second try (fraction of the image's height/width on each side)."""
 SOURCES = ("detected", "padded", "whole-image")
 FALLBACKS = ("whole-image", "error")
 PICKS: Dict[str, Callable[[Face], float]] = {
@@ -40,7 +43,7 @@ def find_face(
     detector: Detector,
     image: np.ndarray,
     *,
-    retry_pad: Optional[float] = 0.25,
+    retry_pad: Optional[float] = RETRY_PAD,
     pad_mode: str = "replicate",
     fallback: str = "whole-image",
     pick: str = "largest",
@@ -69,8 +72,7 @@ def find_face(
         return Detection(max(faces, key=PICKS[pick]), source, len(faces))
     if fallback == "error":
         raise ImageError("no face found in the image")
-    height, width = image.shape[:2]
-    return Detection(Face((0.0, 0.0, float(width), float(height)), 0.0, None), "whole-image", 0)
+    return Detection(Face(whole_image_box(image), 0.0, None), "whole-image", 0)
 
 
 def count_sources(detections: Iterable[Detection]) -> Dict[str, int]:

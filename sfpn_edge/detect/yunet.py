@@ -26,8 +26,13 @@ class YuNet:
     ``LANDMARKS`` order of ``sfpn_edge.detect`` (image-left first), so the points map directly.
     """
 
-    def __init__(self, model_path: Union[str, Path], *, score_threshold: float = 0.7,
+    name = "yunet"
+
+    def __init__(self, model_path: Union[str, Path], runtime=None, *, score_threshold: float = 0.7,
                  nms_threshold: float = 0.3, top_k: int = 5000):
+        """``runtime`` is accepted for the detector registry's factory; OpenCV's DNN module runs YuNet."""
+        if model_path is None:
+            raise ModelError("YuNet needs its .onnx file (sfpn-edge does not ship or fetch it)")
         path = Path(model_path)
         if not path.is_file():
             raise ModelError(f"YuNet model file not found: {path}")

@@ -9,7 +9,6 @@ recorded with its reason; the pairs that need it are skipped and counted, and mo
 from __future__ import annotations
 
 import itertools
-import os
 import time
 from collections import Counter, deque
 from concurrent.futures import ThreadPoolExecutor
@@ -19,37 +18,19 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from sfpn_edge import align
-from sfpn_edge.detect.policy import find_face
+from sfpn_edge.detect.policy import RETRY_PAD, find_face
 from sfpn_edge.errors import SfpnError
 from sfpn_edge.evaluate import metrics
 from sfpn_edge.evaluate.protocols import PairProtocol, Sample, merge_samples, read_cfp_landmarks
 from sfpn_edge.io import read_image
 from sfpn_edge.kernels.scoring import l2_normalize
-from sfpn_edge.pipeline import RETRY_PAD
+from sfpn_edge.runtime import default_threads
 from sfpn_edge.score import cosine_pairs
 
 CROPS = ("fiducials", "full", "detect")
-FIDUCIAL_MARGIN = 0.3  # the authors' framing: tight face box enlarged by 30 % (DESIGN.md §1)
 CHUNK = 32  # images per decode/crop task and per embedder call
 
 Progress = Callable[[int, int], None]  # (images done, images total)
-
-
-def full_image_matrix(width: int, height: int, size: int) -> np.ndarray:
-    """Image -> crop map that resizes the whole image to size x size (as cv2.resize, bilinear)."""
-    sx, sy = size / width, size / height
-    return np.array([[sx, 0.0, 0.5 * sx - 0.5], [0.0, sy, 0.5 * sy - 0.5]])
-
-
-def fiducial_matrix(points: np.ndarray, margin: float, size: int) -> np.ndarray:
-    """Image -> crop map for dataset landmarks (CFP's 30 fiducials): ``align.box_matrix`` of
-    their tight box, so a square of side max(w, h) * (1 + margin), centred.
-
-    Points are read as continuous image coordinates, like detector boxes in ``align``. CFP is
-    sensitive to sub-pixel framing: reading them as pixel centres (+0.5) or rounding the crop
-    to 8 bits moves CFP-FP accuracy by ~0.25 points and its EER by ~0.3 (see README).
-    """
-    return align.box_matrix(align.points_box(points), margin, size)
 
 
 @dataclass
@@ -69,23 +50,47 @@ class Embeddings:
         return mask
 
 
-class _Cropper:
-    """Decodes one sample and gives the image plus its image -> crop matrix for one crop mode."""
+def crop_spec(crop: str, embedder, margin: Optional[float] = None, detector=None) -> align.CropSpec:
+    """The framing for ``crop``: the model's margin for fiducials or for the detector (``margin``
+    overrides it); ``full`` resizes the whole image and uses no margin."""
+    if crop not in CROPS:
+        raise SfpnError(f"unknown crop mode {crop!r}; choose one of {', '.join(CROPS)}")
+    name = "fiducials" if crop != "detect" else getattr(detector, "name", type(detector).__name__.lower())
+    try:
+        return embedder.dir.crop_spec(name, 0.0 if crop == "full" else margin)
+    except ValueError as exc:
+        raise SfpnError(str(exc)) from None
 
-    def __init__(self, crop: str, margin: float, size: int, detector=None, no_face: str = "whole-image"):
-        self.crop, self.margin, self.size, self.detector = crop, margin, size, detector
-        self.no_face = no_face
+
+class _Cropper:
+    """Decodes one sample and gives the image plus its image -> crop matrix for one crop mode.
+
+    CFP's fiducials are read as continuous image coordinates, like detector boxes in ``align``:
+    reading them as pixel centres (+0.5) or rounding the crop to 8 bits moves CFP-FP accuracy by
+    ~0.25 points and its EER by ~0.3 (see README).
+    """
+
+    def __init__(self, crop: str, spec: align.CropSpec, detector=None, no_face: str = "whole-image"):
+        self.crop, self.spec, self.detector, self.no_face = crop, spec, detector, no_face
 
     def __call__(self, sample: Sample) -> Tuple[np.ndarray, np.ndarray, Optional[str]]:
         image = read_image(sample.path)
         if self.crop == "full":
-            return image, full_image_matrix(image.shape[1], image.shape[0], self.size), None
+            return image, align.full_image_matrix(image.shape[1], image.shape[0], self.spec.size), None
         if self.crop == "fiducials":
             if sample.landmarks is None:
                 raise SfpnError(f"{sample.path}: no landmarks for --crop fiducials (use full or detect)")
-            return image, fiducial_matrix(read_cfp_landmarks(sample.landmarks), self.margin, self.size), None
+            return image, self.spec.matrix(align.points_box(read_cfp_landmarks(sample.landmarks))), None
         det = find_face(self.detector, image, retry_pad=RETRY_PAD, fallback=self.no_face, pick="largest")
-        return image, align.box_matrix(det.face.box, self.margin, self.size), det.source
+        return image, self.spec.matrix(det.face.box), det.source
+
+
+def crop_samples(samples: Sequence[Sample], spec: align.CropSpec, crop: str, detector=None) -> np.ndarray:
+    """Model input crops of ``samples`` framed as ``embed_samples`` frames them (a face that cannot
+    be found is an error)."""
+    cropper = _Cropper(crop, spec, detector, no_face="error")
+    images, matrices = zip(*(cropper(s)[:2] for s in samples))
+    return spec.crop(images, matrices)
 
 
 def embed_samples(
@@ -102,16 +107,13 @@ def embed_samples(
 ) -> Embeddings:
     """Descriptors for every sample with a ``FaceEmbedder``; flip TTA sums the mirrored crop's.
 
-    ``margin`` defaults to 0.3 for fiducials and to the manifest's ``crop_margin`` for detect.
+    ``margin`` defaults to the model's for the crop (``crop_spec``).
     ``no_face`` (detect): use the whole image ("whole-image") or record the image as a failure ("error").
     """
-    if crop not in CROPS:
-        raise SfpnError(f"unknown crop mode {crop!r}; choose one of {', '.join(CROPS)}")
     if crop == "detect" and detector is None:
         raise SfpnError("--crop detect needs a face detector")
-    margin = resolve_margin(crop, margin, embedder.manifest)
-    size = embedder.input_size[0]
-    cropper = _Cropper(crop, margin, size, detector, no_face)
+    spec = crop_spec(crop, embedder, margin, detector)
+    cropper = _Cropper(crop, spec, detector, no_face)
     n = len(samples)
     vectors = np.zeros((n, embedder.descriptor_dim), np.float32)
     failures: Dict[int, str] = {}
@@ -133,13 +135,10 @@ def embed_samples(
             found.append(source)
         crops = None
         if index:
-            if flip:
-                matrices += [align.hflip_matrix(m, size) for m in matrices]
-            crops = align.crop_batch(images, np.stack(matrices), image_index=np.arange(len(matrices)) % len(images),
-                                     size=size, mean=embedder.mean, channel_order="BGR", threads=1)
+            crops = spec.crop(images, matrices, flip=flip, threads=1)
         return crops, index, failed, found
 
-    workers = max(1, threads or os.cpu_count() or 1)
+    workers = threads or default_threads()
     begin, done = time.perf_counter(), 0
     starts = iter(range(0, n, CHUNK))
     with ThreadPoolExecutor(workers, thread_name_prefix="sfpn-eval") as pool:
@@ -164,15 +163,6 @@ def embed_samples(
         raise SfpnError(f"none of the {n} images could be used; first: {first}")
     return Embeddings(list(samples), vectors, dict(sorted(failures.items())), dict(sources),
                       time.perf_counter() - begin)
-
-
-def resolve_margin(crop: str, margin: Optional[float], manifest: dict) -> float:
-    """The box margin for ``crop``: as given, else 0.3 (fiducials) or the manifest's (detect)."""
-    if margin is None:
-        margin = FIDUCIAL_MARGIN if crop == "fiducials" else float(manifest.get("crop_margin", 0.0))
-    if not 0.0 <= margin <= 2.0:
-        raise SfpnError(f"margin must be in [0, 2], got {margin!r}")
-    return float(margin)
 
 
 @dataclass

@@ -1,0 +1,121 @@
+"""ModelDir: one converted model directory, its manifest read and validated once.
+
+    model = ModelDir()                                  # the cache's default model (fetch-weights)
+    model.file("openvino", "int8")                      # the file a backend opens for a precision
+    model.crop_spec("mtcnn")                            # size, mean and the margin measured for MTCNN
+    model.operating_points("mtcnn", flip=False).at(1e-3)
+    model.calibration()                                 # the stored descriptor calibration, or None
+
+Everything the runtime needs to know about a model directory is asked here; the manifest's schema
+and atomic writes live in ``sfpn_edge.models``.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Union
+
+from sfpn_edge import align, models, thresholds
+from sfpn_edge.backends import registry
+from sfpn_edge.errors import ModelError
+
+FIDUCIAL_MARGIN = 0.30
+"""The authors' framing for dataset landmarks: the tight face box enlarged by 30 % (DESIGN.md §1)."""
+
+PathLike = Union[str, Path]
+
+
+class ModelDir:
+    """A model directory (``manifest.json`` + model files), validated on construction."""
+
+    def __init__(self, path: Optional[PathLike] = None):
+        self.path = Path(path) if path is not None else models.default_model_dir()
+        self.manifest: Dict[str, Any] = models.load_manifest(self.path)
+
+    @classmethod
+    def of(cls, model: Union["ModelDir", PathLike, None]) -> "ModelDir":
+        """``model`` if it already is a ModelDir, else the directory at that path (None: the default)."""
+        return model if isinstance(model, ModelDir) else cls(model)
+
+    def __repr__(self) -> str:
+        return f"ModelDir({str(self.path)!r})"
+
+    # -- facts ------------------------------------------------------------------------------
+
+    @property
+    def source_sha256(self) -> str:
+        return self.manifest["source_sha256"]
+
+    @property
+    def descriptor_dim(self) -> int:
+        return int(self.manifest["descriptor_dim"])
+
+    @property
+    def input_size(self) -> tuple:
+        return tuple(int(v) for v in self.manifest["input_size"])
+
+    @property
+    def mean(self) -> tuple:
+        return tuple(float(v) for v in self.manifest["mean"])
+
+    # -- files ------------------------------------------------------------------------------
+
+    def file(self, backend: str, precision: str = "fp32", device: str = "CPU") -> Path:
+        """The file ``backend`` opens for ``precision`` on ``device`` (the registry's rule: e.g.
+        NPUs take the static-batch IR when there is one, OpenVINO bf16 is a hint on the fp32 IR)."""
+        files = self.manifest["files"]
+        keys = registry.get(backend).file_keys(precision, device)
+        for family, prec in keys:
+            if prec in files.get(family, {}):
+                return models.model_file(self.path, family, prec, files=files)
+        family = keys[-1][0]
+        if family not in files:
+            raise ModelError(f"{self.path}: no model for backend '{backend}' (has: {', '.join(sorted(files))})")
+        have = ", ".join(sorted(files[family]))
+        raise ModelError(f"{self.path}: no {precision} model for {backend} (has: {have})")
+
+    def has(self, backend: str, precision: str, device: str = "CPU") -> bool:
+        try:
+            self.file(backend, precision, device)
+        except ModelError:
+            return False
+        return True
+
+    def precisions(self, backend: str) -> List[str]:
+        """The precisions of ``backend`` this directory has a file for."""
+        return [p for p in registry.get(backend).precisions if self.has(backend, p)]
+
+    # -- framing and decisions --------------------------------------------------------------
+
+    def margin(self, detector: str = thresholds.DEFAULT_DETECTOR) -> float:
+        """The box margin for faces from ``detector`` ("fiducials" for dataset landmarks): the
+        manifest's ``crop_margins`` entry, else ``crop_margin`` (measured for MTCNN), else the
+        detector's declared default."""
+        own = self.manifest.get("crop_margins") or {}
+        if detector in own:
+            return float(own[detector])
+        if detector == "fiducials":
+            return FIDUCIAL_MARGIN
+        if detector == thresholds.DEFAULT_DETECTOR:
+            return float(self.manifest["crop_margin"])
+        from sfpn_edge.detect import registry as detectors
+
+        declared = detectors.get(detector).margin if detector in detectors.names() else None
+        return float(self.manifest["crop_margin"] if declared is None else declared)
+
+    def crop_spec(self, detector: str = thresholds.DEFAULT_DETECTOR, margin: Optional[float] = None) -> align.CropSpec:
+        """How this model frames faces from ``detector`` (``margin`` overrides the measured one)."""
+        spec = align.CropSpec(self.input_size[0], self.mean, 0.0)
+        return spec.with_margin(self.margin(detector) if margin is None else margin)
+
+    def operating_points(self, detector: str = thresholds.DEFAULT_DETECTOR, flip: bool = False,
+                         calibration=None) -> thresholds.OperatingPoints:
+        """Measured thresholds for raw descriptors, or for ``calibration``'s descriptors when given."""
+        if calibration is not None:
+            return thresholds.for_calibration(calibration.operating_points, detector=detector, flip=flip)
+        return thresholds.for_model(self.manifest, detector=detector, flip=flip)
+
+    def calibration(self):
+        """The descriptor calibration stored with this model, or None."""
+        from sfpn_edge.calibration import load_calibration
+
+        return load_calibration(self.path, self.manifest, own=True)

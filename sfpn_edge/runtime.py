@@ -1,0 +1,119 @@
+"""One runtime configuration: which backend, device, precision, threads and compile cache.
+
+    rt = Runtime.resolve(backend="auto", precision="int8", threads=1)   # through the target policy
+    embedder = FaceEmbedder(model_dir, runtime=rt)
+    detector = make_detector("mtcnn", runtime=rt)
+
+A ``Runtime`` is frozen and resolved once: ``auto`` (or a ``target``) becomes a concrete backend
+and device, ``threads=None`` becomes :func:`default_threads`. Everything that runs a network or a
+kernel takes its settings from one, so the embedder, the detector and the crop kernel agree.
+"""
+from __future__ import annotations
+
+import numbers
+import os
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Optional, Union
+
+from sfpn_edge.errors import SfpnError
+
+MAX_DEFAULT_THREADS = 4
+"""Cap of ``default_threads``: this model's ops, the crop kernel and the scoring scans stop
+gaining beyond ~4 threads, while every extra thread costs wake-ups per call."""
+MAX_THREADS_PER_CPU = 4
+"""``threads`` above this many per usable CPU is refused (5000 threads made a verify 60x slower)."""
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def default_threads() -> int:
+    """The one default: the usable CPUs, at most ``MAX_DEFAULT_THREADS``."""
+    return min(MAX_DEFAULT_THREADS, usable_cpus())
+
+
+def check_threads(threads: Optional[int]) -> int:
+    """``threads`` as a positive int (None -> :func:`default_threads`), or ValueError."""
+    if threads is None:
+        return default_threads()
+    if isinstance(threads, bool) or not isinstance(threads, numbers.Integral) or threads < 1:
+        raise ValueError(f"threads must be a positive integer or None, got {threads!r}")
+    threads = int(threads)
+    limit = MAX_THREADS_PER_CPU * usable_cpus()
+    if threads > limit:
+        raise ValueError(f"threads={threads} is more than {MAX_THREADS_PER_CPU} per usable CPU "
+                         f"({usable_cpus()} here, so at most {limit})")
+    return threads
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where and how networks run. Build one with :meth:`resolve`; ``reason`` says why a target
+    picked this backend (empty when the backend was named)."""
+
+    backend: str = "onnxruntime"
+    device: str = "CPU"
+    precision: str = "fp32"
+    threads: int = 1
+    cache_dir: Optional[Path] = None
+    target: Optional[str] = None
+    reason: str = ""
+
+    @classmethod
+    def resolve(cls, backend: Optional[str] = None, *, device: Optional[str] = None, precision: str = "fp32",
+                threads: Optional[int] = None, cache_dir: Union[str, Path, None] = None,
+                target: Optional[str] = None) -> "Runtime":
+        """A checked Runtime. ``backend="auto"`` or a ``target`` (cpu, arm, vpu, auto) goes through
+        the target policy (``sfpn_edge.backends.select``); a named backend is checked against the
+        registry (its precisions; the device is checked when a model opens); None is onnxruntime."""
+        from sfpn_edge.backends import registry
+
+        threads = check_threads(threads)
+        reason = ""
+        if target is not None or backend == "auto":
+            if target is not None and backend is not None:
+                raise SfpnError("give a backend or a target, not both")
+            from sfpn_edge.backends import select
+
+            choice = select.choose(target or "auto", precision=precision)
+            backend, target, reason = choice.backend, choice.target, choice.reason
+            device = device or choice.device
+        spec = registry.get(backend or "onnxruntime")
+        if precision not in spec.precisions:
+            raise SfpnError(f"backend {backend!r} runs {'/'.join(spec.precisions)} models, not {precision!r}")
+        cache = Path(cache_dir).expanduser() if cache_dir is not None else None
+        return cls(spec.name, (device or "CPU").upper(), precision, threads, cache, target, reason)
+
+    def with_(self, **changes) -> "Runtime":
+        """A copy with some fields changed (e.g. ``threads=1`` for a worker pool)."""
+        return replace(self, **changes)
+
+    def for_graphs(self) -> "Runtime":
+        """The runtime for generic fp32 ONNX graphs (detector nets): this backend and device in
+        fp32, or the backend's declared ``graph_backend`` when it runs the face model's own format
+        only (native)."""
+        from sfpn_edge.backends import registry
+
+        spec = registry.get(self.backend)
+        if spec.graph_backend is None:
+            return replace(self, precision="fp32")
+        return replace(self, backend=spec.graph_backend, device="CPU", precision="fp32", target=None,
+                       reason=f"{self.backend} runs the face model only; other networks run on {spec.graph_backend}")
+
+    def open(self, path: Union[str, Path], **options):
+        """``path`` loaded with this runtime's backend (see ``sfpn_edge.backends.open_model``)."""
+        from sfpn_edge.backends import registry
+
+        return registry.open_model(path, self.backend, device=self.device, precision=self.precision,
+                                   threads=self.threads, cache_dir=self.cache_dir, **options)
+
+    def as_dict(self) -> dict:
+        out = asdict(self)
+        out["cache_dir"] = None if self.cache_dir is None else str(self.cache_dir)
+        return out
