@@ -108,6 +108,12 @@ def box_matrix(box: Sequence[float], margin: float, size: int = SIZE) -> np.ndar
     return _continuous_to_index(np.eye(2) * s, np.array([-s * left, -s * top]))
 
 
+def full_image_matrix(width: int, height: int, size: int = SIZE) -> np.ndarray:
+    """Image -> crop matrix (2, 3) that resizes the whole image to size x size (as cv2.resize, bilinear)."""
+    sx, sy = size / width, size / height
+    return np.array([[sx, 0.0, 0.5 * sx - 0.5], [0.0, sy, 0.5 * sy - 0.5]])
+
+
 def similarity_matrix(src, dst) -> np.ndarray:
     """Least-squares similarity (rotation, uniform scale, translation; no reflection) mapping
     points ``src`` [K, 2] onto ``dst`` [K, 2], as a float64 (2, 3) matrix (Umeyama 1991)."""

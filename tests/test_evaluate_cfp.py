@@ -11,8 +11,9 @@ from sfpn_edge.cli import main
 from sfpn_edge.embed import FaceEmbedder
 from sfpn_edge.errors import SfpnError
 from sfpn_edge.evaluate import runner
-from sfpn_edge.evaluate.protocols import PairProtocol, Sample, load_cfp, read_cfp_landmarks
+from sfpn_edge.evaluate.protocols import PairProtocol, Sample, load_cfp
 from sfpn_edge.io import read_image
+from sfpn_edge.samples import read_cfp_landmarks
 
 GREY = Path("Data/Images/014/profile/03.jpg")  # one of CFP's single-channel JPEGs
 
@@ -45,7 +46,7 @@ def test_fiducial_matrix_frames_the_landmark_box(cfp_root):
 
 def test_full_image_matrix_equals_cv2_resize(cfp_root):
     image = read_image(cfp_root / "Data" / "Images" / "001" / "frontal" / "01.jpg")
-    m = runner.full_image_matrix(image.shape[1], image.shape[0], 113)
+    m = align.full_image_matrix(image.shape[1], image.shape[0], 113)
     crop = align.crop_batch(image, m, size=113, mean=(0, 0, 0), threads=1)[0].transpose(1, 2, 0)
     ref = cv2.resize(image, (113, 113), interpolation=cv2.INTER_LINEAR)[..., ::-1].astype(np.float32)
     assert np.abs(crop - ref).mean() < 0.6  # cv2.resize rounds to 8 bits and uses fixed-point weights

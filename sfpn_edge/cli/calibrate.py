@@ -198,14 +198,13 @@ def int8_crops(paths: List[Path], crop: str, margin: Optional[float], embedder, 
 
     from sfpn_edge import align
     from sfpn_edge.detect.policy import find_face
-    from sfpn_edge.evaluate.runner import full_image_matrix
     from sfpn_edge.io import read_image
     from sfpn_edge.pipeline import RETRY_PAD
 
     size = embedder.input_size[0]
     images = [read_image(p) for p in paths]
     if crop == "full":
-        matrices = [full_image_matrix(im.shape[1], im.shape[0], size) for im in images]
+        matrices = [align.full_image_matrix(im.shape[1], im.shape[0], size) for im in images]
     else:
         boxes = [find_face(detector, im, retry_pad=RETRY_PAD, fallback="error").face.box for im in images]
         matrices = [align.box_matrix(box, margin, size) for box in boxes]

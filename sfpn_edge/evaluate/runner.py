@@ -22,10 +22,11 @@ from sfpn_edge import align
 from sfpn_edge.detect.policy import find_face
 from sfpn_edge.errors import SfpnError
 from sfpn_edge.evaluate import metrics
-from sfpn_edge.evaluate.protocols import PairProtocol, Sample, merge_samples, read_cfp_landmarks
+from sfpn_edge.evaluate.protocols import PairProtocol, Sample, merge_samples
 from sfpn_edge.io import read_image
 from sfpn_edge.kernels.scoring import l2_normalize
 from sfpn_edge.pipeline import RETRY_PAD
+from sfpn_edge.samples import read_cfp_landmarks
 from sfpn_edge.score import cosine_pairs
 
 CROPS = ("fiducials", "full", "detect")
@@ -33,12 +34,6 @@ FIDUCIAL_MARGIN = 0.3  # the authors' framing: tight face box enlarged by 30 % (
 CHUNK = 32  # images per decode/crop task and per embedder call
 
 Progress = Callable[[int, int], None]  # (images done, images total)
-
-
-def full_image_matrix(width: int, height: int, size: int) -> np.ndarray:
-    """Image -> crop map that resizes the whole image to size x size (as cv2.resize, bilinear)."""
-    sx, sy = size / width, size / height
-    return np.array([[sx, 0.0, 0.5 * sx - 0.5], [0.0, sy, 0.5 * sy - 0.5]])
 
 
 def fiducial_matrix(points: np.ndarray, margin: float, size: int) -> np.ndarray:
@@ -79,7 +74,7 @@ class _Cropper:
     def __call__(self, sample: Sample) -> Tuple[np.ndarray, np.ndarray, Optional[str]]:
         image = read_image(sample.path)
         if self.crop == "full":
-            return image, full_image_matrix(image.shape[1], image.shape[0], self.size), None
+            return image, align.full_image_matrix(image.shape[1], image.shape[0], self.size), None
         if self.crop == "fiducials":
             if sample.landmarks is None:
                 raise SfpnError(f"{sample.path}: no landmarks for --crop fiducials (use full or detect)")

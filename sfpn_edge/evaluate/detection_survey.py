@@ -1,6 +1,6 @@
 """Detection rate of a detector + fallback policy over a list of images (e.g. the CFP protocol).
 
-    python -m sfpn_edge.detect.survey --cfp ../shared/data/cfp [--json]
+    python -m sfpn_edge.evaluate.detection_survey --cfp ../shared/data/cfp [--json]
 
 reports, for the CFP frontal and profile images that the FF/FP protocols use, how many faces
 were found directly, after the padded retry, and how many fell back to the whole image (see
@@ -25,6 +25,7 @@ import numpy as np
 
 from sfpn_edge.detect import Detector
 from sfpn_edge.detect.policy import Detection, count_sources, find_face
+from sfpn_edge.evaluate.protocols import load_cfp
 from sfpn_edge.io import read_image
 
 
@@ -70,8 +71,6 @@ def survey(detector: Detector, paths: Sequence[Path], *, workers: int = 1, **pol
 
 def cfp_images(root: Path) -> Dict[str, List[Path]]:
     """The frontal and profile images that the CFP FF and FP protocols use, in list order."""
-    from sfpn_edge.evaluate.protocols import load_cfp
-
     frontal, profile = {}, {}
     for protocol in ("FF", "FP"):
         for sample in load_cfp(root, protocol).samples:
@@ -80,7 +79,7 @@ def cfp_images(root: Path) -> Dict[str, List[Path]]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m sfpn_edge.detect.survey", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m sfpn_edge.evaluate.detection_survey", description=__doc__.split("\n")[0])
     parser.add_argument("--cfp", type=Path, required=True, help="CFP root (holds Data/ and Protocol/)")
     parser.add_argument("--model-dir", type=Path, help="MTCNN weights directory (default: the cache)")
     parser.add_argument("--backend", default="onnxruntime", choices=("onnxruntime", "openvino"))
