@@ -31,7 +31,7 @@ def detect_all(verifier, paths, cache: Path):
     """Face boxes (x0, y0, x1, y1) per path and how each was found; cached by path list."""
     from sfpn_edge.detect.policy import find_face
     from sfpn_edge.io import read_image
-    from sfpn_edge.pipeline import RETRY_PAD
+    from sfpn_edge.detect.policy import RETRY_PAD
 
     keys = np.array([str(p) for p in paths])
     if cache and cache.is_file():

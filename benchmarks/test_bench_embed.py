@@ -31,11 +31,10 @@ GRAPHS = ("gather", "replicate")   # export forms of the grouped expand3x3 convs
 @pytest.fixture(scope="module")
 def calibration(cfp_root, request) -> np.ndarray:  # noqa: F811
     from sfpn_edge.align import MEAN_RGB
-    from sfpn_edge.converters import quantize
+    from sfpn_edge.converters.calibration_data import calibration_crops, cfp_calibration_samples
 
     count = 32 if request.config.getoption("benchmark_disable") else 200
-    samples = quantize.cfp_calibration_samples(cfp_root, count)
-    return quantize.calibration_crops(samples, 113, MEAN_RGB)
+    return calibration_crops(cfp_calibration_samples(cfp_root, count), 113, MEAN_RGB)
 
 
 @pytest.fixture(scope="module")

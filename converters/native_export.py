@@ -30,7 +30,7 @@ import numpy as np
 
 from sfpn_edge import cache, models
 from sfpn_edge.backends.native_backend import PLAN_FORMAT, PLAN_VERSION
-from sfpn_edge.converters.quantize import check_crops
+from sfpn_edge.converters.calibration_data import check_crops
 from sfpn_edge.errors import ModelError
 
 NATIVE_INT8 = "model_native_int8.npz"

@@ -7,9 +7,9 @@
   OpenVINO also runs as int8 (its FakeQuantize ops come from the Q/DQ pairs).
 * native engine: an int8 plan -> ``model_native_int8.npz`` (``converters.native_export``).
 
-Calibration crops come from face images (e.g. CFP); their source and count are recorded in the
-manifest under ``calibration``. Conversion-only dependencies (onnx, onnxruntime.quantization,
-nncf) are imported inside the functions.
+Calibration crops come from face images (e.g. CFP, see ``converters.calibration_data``); their
+source and count are recorded in the manifest under ``calibration``. Conversion-only
+dependencies (onnx, onnxruntime.quantization, nncf) are imported inside the functions.
 """
 from __future__ import annotations
 
@@ -22,54 +22,12 @@ from typing import Dict, Optional, Sequence
 import numpy as np
 
 from sfpn_edge import models
-from sfpn_edge.model_dir import FIDUCIAL_MARGIN
-from sfpn_edge.errors import ModelError, SfpnError
+from sfpn_edge.converters import native_export
+from sfpn_edge.converters.calibration_data import calibration_crops, cfp_calibration_samples, check_crops
+from sfpn_edge.errors import SfpnError
 
 ORT_INT8 = "model_int8.onnx"
 OV_INT8 = "model_int8.xml"
-
-
-def calibration_crops(samples: Sequence, size: int, mean: Sequence[float],
-                      margin: float = FIDUCIAL_MARGIN) -> np.ndarray:
-    """Crops float32 [N, 3, size, size] (RGB minus mean) framed as at evaluation time: the
-    fiducial box enlarged by ``margin`` when a sample has landmarks, else the whole image."""
-    from sfpn_edge import align
-    from sfpn_edge.evaluate.protocols import read_cfp_landmarks
-    from sfpn_edge.io import read_image
-
-    if not samples:
-        raise SfpnError("no calibration images given")
-    spec = align.CropSpec(size, tuple(mean)).with_margin(margin)
-    images, matrices = [], []
-    for sample in samples:
-        image = read_image(sample.path)
-        if sample.landmarks is not None:
-            matrices.append(spec.matrix(align.points_box(read_cfp_landmarks(sample.landmarks))))
-        else:
-            matrices.append(align.full_image_matrix(image.shape[1], image.shape[0], size))
-        images.append(image)
-    return spec.crop(images, matrices)
-
-
-def cfp_calibration_samples(cfp_root: Path, count: int = 200) -> list:
-    """``count`` CFP images (with their fiducials) spread over all subjects, frontal and profile in
-    CFP-FP proportion (5 : 2), chosen deterministically."""
-    from sfpn_edge.evaluate.protocols import Sample
-
-    data = Path(cfp_root) / "Data"
-    subjects = sorted(p.name for p in (data / "Images").glob("[0-9]*") if p.is_dir())
-    if not subjects:
-        raise SfpnError(f"no CFP images under {data / 'Images'}")
-    picks = []
-    for i in range(count):
-        subject = subjects[(i * 7919) % len(subjects)]  # a prime stride visits every subject
-        pose = "profile" if i % 7 in (3, 6) else "frontal"
-        files = sorted((data / "Images" / subject / pose).glob("*.jpg"))
-        if files:
-            image = files[(i // len(subjects)) % len(files)]
-            landmarks = data / "Fiducials" / subject / pose / f"{image.stem}.txt"
-            picks.append(Sample(image, landmarks if landmarks.is_file() else None))
-    return picks
 
 
 class _Reader:
@@ -173,8 +131,6 @@ def quantize_model_dir(model_dir: Path, crops: np.ndarray, source: str, *, use_n
 
     ``source`` says where the calibration crops came from (recorded with their count).
     """
-    from sfpn_edge.converters import native_export   # imports this module
-
     model_dir = Path(model_dir)
     manifest = models.load_manifest(model_dir)
     h, w = manifest["input_size"]
@@ -209,16 +165,6 @@ def quantize_model_dir(model_dir: Path, crops: np.ndarray, source: str, *, use_n
     manifest["calibration"] = record
     models.write_manifest(model_dir, manifest)
     return manifest
-
-
-def check_crops(crops: np.ndarray) -> None:
-    """ValueError / ModelError unless ``crops`` are usable calibration crops (float32 NCHW, finite, varied)."""
-    if not isinstance(crops, np.ndarray) or crops.dtype != np.float32 or crops.ndim != 4 or not len(crops):
-        raise ValueError("calibration crops must be a non-empty float32 [N, 3, h, w] array")
-    if not np.isfinite(crops).all():
-        raise ValueError("calibration crops contain NaN or infinity")
-    if float(crops.std()) < 1e-3:
-        raise ModelError("calibration crops are constant: calibrate on real face crops")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

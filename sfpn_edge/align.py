@@ -19,7 +19,7 @@ from typing import Optional, Sequence, Tuple, Union
 import numpy as np
 
 from sfpn_edge.kernels.warp import warp_batch
-from sfpn_edge.runtime import default_threads
+from sfpn_edge.threads import default_threads
 
 SIZE = 113
 """Side of SqueezeFacePoseNet's input crop."""
@@ -94,6 +94,12 @@ def box_matrix(box: Sequence[float], margin: float, size: int = SIZE) -> np.ndar
     return _continuous_to_index(np.eye(2) * s, np.array([-s * left, -s * top]))
 
 
+def full_image_matrix(width: int, height: int, size: int = SIZE) -> np.ndarray:
+    """Image -> crop matrix (2, 3) that resizes the whole image to size x size (as cv2.resize, bilinear)."""
+    sx, sy = size / width, size / height
+    return np.array([[sx, 0.0, 0.5 * sx - 0.5], [0.0, sy, 0.5 * sy - 0.5]])
+
+
 def similarity_matrix(src, dst) -> np.ndarray:
     """Least-squares similarity (rotation, uniform scale, translation; no reflection) mapping
     points ``src`` [K, 2] onto ``dst`` [K, 2], as a float64 (2, 3) matrix (Umeyama 1991)."""
@@ -161,7 +167,7 @@ def crop_batch(
     ``matrices``: [N, 2, 3] (or one (2, 3)) image -> crop maps; ``image_index``: [N] source image
     of each face (default: image 0 for all, or face i from image i when the counts match).
     Bilinear sampling with replicated borders, in one pass by ``sfpn_edge.kernels.warp``
-    (``threads`` workers, default ``sfpn_edge.runtime.default_threads()``: a 64-face batch is only
+    (``threads`` workers, default ``sfpn_edge.threads.default_threads()``: a 64-face batch is only
     ~4 ms of work and beyond ~4 threads the output's memory traffic dominates). Raises ValueError
     on bad input.
     """
@@ -221,12 +227,6 @@ class CropSpec:
                 distinct.append(image)
         index = np.array([slots[id(im)] for im in images], np.int64)
         return self.crop(distinct, [self.matrix(b) for b in boxes], image_index=index, **kw)
-
-
-def full_image_matrix(width: int, height: int, size: int = SIZE) -> np.ndarray:
-    """Image -> crop map that resizes the whole image to size x size (as cv2.resize, bilinear)."""
-    sx, sy = size / width, size / height
-    return np.array([[sx, 0.0, 0.5 * sx - 0.5], [0.0, sy, 0.5 * sy - 0.5]])
 
 
 def whole_image_box(image: np.ndarray) -> Tuple[float, float, float, float]:

@@ -1,8 +1,8 @@
-"""Converted model directories: manifest schema, file lookup, default location, fetch-weights.
+"""Converted model directories: manifest schema, file lookup, default location, the weights' source.
 
 A model directory holds ``model.onnx``, OpenVINO ``model.xml/.bin`` (+ precision variants) and
-``manifest.json``. This module is on the runtime path: conversion (onnx, matio) is imported
-only inside :func:`fetch_weights`.
+``manifest.json``. This module is on the runtime path; fetching and converting the weights is
+``sfpn_edge.converters.fetch``.
 """
 from __future__ import annotations
 
@@ -106,27 +106,3 @@ def model_file(model_dir: PathLike, backend: str, precision: str = "fp32", *,
     if not path.is_file():
         raise ModelError(f"{model_dir}: manifest lists {name!r} for {backend}/{precision}, but the file is missing")
     return path
-
-
-def fetch_weights(url: str = WEIGHTS_URL, dest: Optional[PathLike] = None, *, sha256: str = WEIGHTS_SHA256,
-                  force: bool = False, depthwise_rewrite: bool = True) -> Dict[str, Any]:
-    """Download the authors' .mat (sha256-verified), convert it and store the model directory.
-
-    An already converted, valid model at ``dest`` is reused unless ``force``. Nothing is left
-    behind on failure. Returns the manifest plus ``model_dir`` and ``reused``.
-    """
-    dest = Path(dest) if dest is not None else default_model_dir()
-    if not force:
-        try:
-            manifest = load_manifest(dest)
-        except ModelError:
-            pass
-        else:
-            if manifest["source_sha256"] == sha256:
-                return {**manifest, "model_dir": str(dest), "reused": True}
-    from sfpn_edge.converters.convert import convert
-
-    weights = cache.download(url, cache.home() / "weights" / f"{sha256}.mat", sha256)
-    source_name = url.split("?")[0].rstrip("/").rpartition("/")[2] or WEIGHTS_FILE
-    manifest = convert(weights, dest, depthwise_rewrite=depthwise_rewrite, source_name=source_name)
-    return {**manifest, "model_dir": str(dest), "reused": False}

@@ -5,52 +5,18 @@
     detector = make_detector("mtcnn", runtime=rt)
 
 A ``Runtime`` is frozen and resolved once: ``auto`` (or a ``target``) becomes a concrete backend
-and device, ``threads=None`` becomes :func:`default_threads`. Everything that runs a network or a
-kernel takes its settings from one, so the embedder, the detector and the crop kernel agree.
+and device, ``threads=None`` becomes ``sfpn_edge.threads.default_threads()``. Everything that runs
+a network or a kernel takes its settings from one, so the embedder, the detector and the crop
+kernel agree.
 """
 from __future__ import annotations
 
-import numbers
-import os
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Optional, Union
 
 from sfpn_edge.errors import SfpnError
-
-MAX_DEFAULT_THREADS = 4
-"""Cap of ``default_threads``: this model's ops, the crop kernel and the scoring scans stop
-gaining beyond ~4 threads, while every extra thread costs wake-ups per call."""
-MAX_THREADS_PER_CPU = 4
-"""``threads`` above this many per usable CPU is refused (5000 threads made a verify 60x slower)."""
-
-
-def usable_cpus() -> int:
-    """The CPUs this process may run on (its affinity mask where the OS has one)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
-
-
-def default_threads() -> int:
-    """The one default: the usable CPUs, at most ``MAX_DEFAULT_THREADS``."""
-    return min(MAX_DEFAULT_THREADS, usable_cpus())
-
-
-def check_threads(threads: Optional[int]) -> int:
-    """``threads`` as a positive int (None -> :func:`default_threads`), or ValueError."""
-    if threads is None:
-        return default_threads()
-    if isinstance(threads, bool) or not isinstance(threads, numbers.Integral) or threads < 1:
-        raise ValueError(f"threads must be a positive integer or None, got {threads!r}")
-    threads = int(threads)
-    limit = MAX_THREADS_PER_CPU * usable_cpus()
-    if threads > limit:
-        raise ValueError(f"threads={threads} is more than {MAX_THREADS_PER_CPU} per usable CPU "
-                         f"({usable_cpus()} here, so at most {limit})")
-    return threads
-
+from sfpn_edge.threads import check_threads
 
 @dataclass(frozen=True)
 class Runtime:

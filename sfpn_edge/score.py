@@ -31,7 +31,7 @@ from typing import Optional, Tuple
 import numpy as np
 
 from sfpn_edge.kernels import scoring as _k
-from sfpn_edge.runtime import check_threads
+from sfpn_edge.threads import check_threads
 
 STORAGES = ("fp32", "fp16", "int8")
 MATRIX_KERNEL_MAX_ROWS = 16
@@ -148,7 +148,7 @@ def topk(probes, gallery, k: int, *, threads: Optional[int] = None) -> Tuple[np.
     """Best ``k`` gallery rows by cosine for each probe, without building the score matrix.
 
     ``probes`` [P, D] (or [D]), ``gallery`` [N, D]. Returns ``(idx int64 [P, k], scores float32
-    [P, k])`` ([k] each for a single [D] probe). ``threads`` defaults to ``sfpn_edge.runtime.default_threads()``.
+    [P, k])`` ([k] each for a single [D] probe). ``threads`` defaults to ``sfpn_edge.threads.default_threads()``.
     """
     single = np.ndim(probes) == 1
     q, g = as_descriptors(probes, "probes"), np.asarray(gallery)

@@ -132,9 +132,9 @@ def test_crop_batch_defaults_to_model_input():
     np.testing.assert_allclose(out[0, :, 0, 0], np.float32([200, 100, 10]) - np.float32(align.MEAN_RGB))
     rgb = align.crop_batch(img[:, :, ::-1], align.box_matrix((10, 10, 50, 50), 0.1), channel_order="RGB")
     np.testing.assert_array_equal(rgb, out)
-    from sfpn_edge import runtime
+    from sfpn_edge import threads
 
-    assert 1 <= runtime.default_threads() <= runtime.MAX_DEFAULT_THREADS
+    assert 1 <= threads.default_threads() <= threads.MAX_DEFAULT_THREADS
 
 
 def test_crop_batch_bad_input_is_value_error():

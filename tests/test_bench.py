@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from sfpn_edge.bench import baseline, configs, report
-from sfpn_edge.bench.measure import child_env, min_cosine_rows, probe_batch, time_calls
+from sfpn_edge.bench.measure import child_env, min_cosine_rows, probe_batch
+from sfpn_edge.bench.timing import time_calls
 from sfpn_edge.errors import SfpnError
 
 REPO = Path(__file__).resolve().parents[1]

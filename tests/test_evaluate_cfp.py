@@ -11,8 +11,9 @@ from sfpn_edge.cli import main
 from sfpn_edge.embed import FaceEmbedder
 from sfpn_edge.errors import SfpnError
 from sfpn_edge.evaluate import runner
-from sfpn_edge.evaluate.protocols import PairProtocol, Sample, load_cfp, read_cfp_landmarks
+from sfpn_edge.evaluate.protocols import PairProtocol, Sample, load_cfp
 from sfpn_edge.io import read_image
+from sfpn_edge.samples import read_cfp_landmarks
 
 GREY = Path("Data/Images/014/profile/03.jpg")  # one of CFP's single-channel JPEGs
 

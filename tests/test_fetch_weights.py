@@ -7,6 +7,7 @@ import pytest
 
 from sfpn_edge import models
 from sfpn_edge.cli import main
+from sfpn_edge.converters.fetch import fetch_weights
 from sfpn_edge.errors import SfpnError
 
 
@@ -70,5 +71,5 @@ def test_damaged_download_stores_nothing(capsys, home, tmp_path, dwc_mat, damage
 
 def test_api_error_type(home, tmp_path):
     with pytest.raises(SfpnError, match="cannot download"):
-        models.fetch_weights((tmp_path / "nothing.mat").as_uri())
+        fetch_weights((tmp_path / "nothing.mat").as_uri())
     assert files_under(home) == []

@@ -62,7 +62,7 @@ def test_example_crops(detector, example_crops):
 
 @pytest.mark.parametrize("rel", CFP_FRONTAL + CFP_PROFILE)
 def test_cfp_box_overlaps_fiducials(detector, cfp_root, rel):
-    from sfpn_edge.evaluate.protocols import read_cfp_landmarks
+    from sfpn_edge.samples import read_cfp_landmarks
 
     image = read_image(cfp_root / "Data" / "Images" / f"{rel}.jpg")
     points = read_cfp_landmarks(cfp_root / "Data" / "Fiducials" / f"{rel}.txt")
@@ -184,7 +184,7 @@ def test_openvino_matches_onnxruntime(mtcnn_dir, example_crops):
 
 
 def test_cfp_protocol_images(cfp_root):
-    from sfpn_edge.detect.survey import cfp_images
+    from sfpn_edge.evaluate.detection_survey import cfp_images
 
     images = cfp_images(cfp_root)
     assert (len(images["frontal"]), len(images["profile"])) == (4944, 1961)  # the 6,905 the protocols use
@@ -192,7 +192,7 @@ def test_cfp_protocol_images(cfp_root):
 
 
 def test_survey_counts_each_source(detector, cfp_root, example_crops, tmp_path):
-    from sfpn_edge.detect.survey import survey
+    from sfpn_edge.evaluate.detection_survey import survey
 
     blank = tmp_path / "blank.png"
     cv2.imwrite(str(blank), np.zeros((120, 100, 3), np.uint8))
@@ -204,7 +204,7 @@ def test_survey_counts_each_source(detector, cfp_root, example_crops, tmp_path):
 
 
 def test_survey_command(mtcnn_dir, cfp_root, capsys, tmp_path):
-    from sfpn_edge.detect.survey import main
+    from sfpn_edge.evaluate.detection_survey import main
 
     saved = tmp_path / "boxes.npz"
     assert main(["--cfp", str(cfp_root), "--model-dir", str(mtcnn_dir), "--limit", "2", "--json",

@@ -12,7 +12,8 @@ import pytest
 from sfpn_edge import models
 from sfpn_edge.backends import open_model
 from sfpn_edge.backends.native_backend import PLAN_VERSION, load_plan
-from sfpn_edge.converters import native_export, quantize
+from sfpn_edge.converters import native_export
+from sfpn_edge.converters.calibration_data import calibration_crops, cfp_calibration_samples
 from sfpn_edge.embed import FaceEmbedder
 from sfpn_edge.errors import ModelError, SfpnError
 
@@ -23,7 +24,7 @@ def native_dir(model_dir, cfp_root, tmp_path_factory):
     out = tmp_path_factory.mktemp("native") / "model"
     shutil.copytree(model_dir, out)
     mean = models.load_manifest(out)["mean"]
-    crops = quantize.calibration_crops(quantize.cfp_calibration_samples(cfp_root, 32), 113, mean)
+    crops = calibration_crops(cfp_calibration_samples(cfp_root, 32), 113, mean)
     native_export.export_native(out, crops, "CFP, 32 crops")
     return out
 
@@ -31,7 +32,7 @@ def native_dir(model_dir, cfp_root, tmp_path_factory):
 @pytest.fixture(scope="module")
 def faces(cfp_root, native_dir):
     mean = models.load_manifest(native_dir)["mean"]
-    return quantize.calibration_crops(quantize.cfp_calibration_samples(cfp_root, 300)[200:212], 113, mean)
+    return calibration_crops(cfp_calibration_samples(cfp_root, 300)[200:212], 113, mean)
 
 
 def test_native_descriptors_follow_fp32(native_dir, faces):

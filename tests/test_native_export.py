@@ -11,7 +11,8 @@ import pytest
 from native_reference import native_reference
 from sfpn_edge import models
 from sfpn_edge.backends.native_backend import load_plan
-from sfpn_edge.converters import native_export, quantize
+from sfpn_edge.converters import native_export
+from sfpn_edge.converters.calibration_data import calibration_crops, cfp_calibration_samples
 from sfpn_edge.errors import ModelError
 
 onnx = pytest.importorskip("onnx")
@@ -38,7 +39,7 @@ def mean(model_dir) -> list:
 
 @pytest.fixture(scope="module")
 def crops(cfp_root, mean) -> np.ndarray:
-    return quantize.calibration_crops(quantize.cfp_calibration_samples(cfp_root, CALIBRATION), 113, mean)
+    return calibration_crops(cfp_calibration_samples(cfp_root, CALIBRATION), 113, mean)
 
 
 @pytest.fixture(scope="module")
@@ -124,11 +125,11 @@ def test_plan_arrays(dwc_plan, dwc_graph):
 
 def test_reference_descriptors_match_fp32(dwc_plan, model_dir, example_crops, cfp_root, mean, crops, tmp_path):
     """int8 plan (numpy executor) vs fp32 ORT on the authors' crops and CFP faces outside calibration."""
-    from sfpn_edge.evaluate.protocols import Sample
+    from sfpn_edge.samples import Sample
 
-    held_out = quantize.cfp_calibration_samples(cfp_root, CALIBRATION + 16)[CALIBRATION:]
-    batch = np.concatenate([quantize.calibration_crops([Sample(p) for p in example_crops], 113, mean),
-                            quantize.calibration_crops(held_out, 113, mean)])
+    held_out = cfp_calibration_samples(cfp_root, CALIBRATION + 16)[CALIBRATION:]
+    batch = np.concatenate([calibration_crops([Sample(p) for p in example_crops], 113, mean),
+                            calibration_crops(held_out, 113, mean)])
     want = fp32(model_dir / "model.onnx", batch)
     cos = cosine(native_reference(dwc_plan[0], batch), want)
     # measured: min 0.9988, median 0.9992 (32 calibration images)

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from sfpn_edge.errors import SfpnError
-from sfpn_edge.evaluate.protocols import load_cfp, load_pairs, merge_samples, read_cfp_landmarks
+from sfpn_edge.evaluate.protocols import load_cfp, load_pairs, merge_samples
+from sfpn_edge.samples import read_cfp_landmarks
 
 
 def _identity(path: Path) -> str:

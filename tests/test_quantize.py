@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from sfpn_edge import models
+from sfpn_edge.converters import calibration_data
 from sfpn_edge.embed import FaceEmbedder
 from sfpn_edge.errors import ModelError
 
@@ -18,8 +19,8 @@ CALIBRATION = 32  # images: enough for stable MinMax ranges, quick in CI
 
 @pytest.fixture(scope="module")
 def calibration(cfp_root, model_dir):
-    samples = quantize.cfp_calibration_samples(cfp_root, CALIBRATION)
-    return samples, quantize.calibration_crops(samples, 113, models.load_manifest(model_dir)["mean"])
+    samples = calibration_data.cfp_calibration_samples(cfp_root, CALIBRATION)
+    return samples, calibration_data.calibration_crops(samples, 113, models.load_manifest(model_dir)["mean"])
 
 
 @pytest.fixture(scope="module")
@@ -124,4 +125,4 @@ def test_bad_calibration_input(model_dir, tmp_path):
         quantize.quantize_model_dir(copy, np.ones((2, 3, 96, 96), np.float32) * np.arange(96, dtype=np.float32), "x")
     assert "int8" not in models.load_manifest(copy)["files"]["onnxruntime"]
     with pytest.raises(Exception, match="no calibration images"):
-        quantize.calibration_crops([], 113, (0, 0, 0))
+        calibration_data.calibration_crops([], 113, (0, 0, 0))

@@ -113,8 +113,8 @@ def test_registry_refuses_bad_specs():
     assert "pip install 'sfpn-edge[ghost]'" in missing.missing() and missing.devices() == []
 
 
-def test_runtime_resolution_and_the_one_thread_rule(monkeypatch):
-    from sfpn_edge import runtime
+def test_runtime_resolution_and_the_one_thread_rule():
+    from sfpn_edge import threads as runtime
 
     rt = Runtime.resolve()
     assert (rt.backend, rt.device, rt.precision) == ("onnxruntime", "CPU", "fp32")
@@ -149,7 +149,7 @@ def test_detector_registry_builds_every_caller_the_same_detector(mtcnn_dir):
 
 
 def test_cli_threads_bound_is_a_usage_error(tmp_path):
-    from sfpn_edge.runtime import MAX_THREADS_PER_CPU, usable_cpus
+    from sfpn_edge.threads import MAX_THREADS_PER_CPU, usable_cpus
 
     too_many = str(MAX_THREADS_PER_CPU * usable_cpus() + 1)
     proc = run(["-m", "sfpn_edge", "embed", "x.jpg", "--out", str(tmp_path / "e.npy"), "--threads", too_many,

@@ -13,6 +13,7 @@ RUNTIME_MODULES = [
     "sfpn_edge.gallery",
     "sfpn_edge.calibration",
     "sfpn_edge.models",
+    "sfpn_edge.samples",
     "sfpn_edge.backends.select",
     "sfpn_edge.cli",
 ]

@@ -15,6 +15,7 @@ from typing import List, Mapping, Optional, Tuple, Union
 
 from sfpn_edge.errors import SfpnError
 from sfpn_edge.registry import Registry, import_impl
+from sfpn_edge.threads import check_threads
 
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 """Every precision sfpn-edge knows; a backend declares the ones it runs."""
@@ -95,8 +96,6 @@ def open_model(path: Union[str, Path], backend: str = "onnxruntime", *, device: 
                precision: str = "fp32", threads: Optional[int] = None,
                cache_dir: Optional[Union[str, Path]] = None, **options):
     """Load ``path`` with ``backend`` on ``device`` (see ``sfpn_edge.backends``)."""
-    from sfpn_edge.runtime import check_threads
-
     spec = get(backend)
     if precision not in PRECISIONS:
         raise SfpnError(f"precision must be one of {PRECISIONS}, got {precision!r}")

@@ -12,7 +12,8 @@ dispatches on ``spec["kind"]``:
 
 Every child reports its own peak RSS (``VmHWM``, see :func:`peak_rss_mb`), so each row's memory is its own; model
 children report it after batch-1 serving (``peak_rss_mb``) and after the batch sweep too.
-This module imports only the stdlib at the top: the child's cold start must include the imports.
+This module imports only the stdlib (and the stdlib-only ``bench.timing``) at the top: the child's
+cold start must include the imports.
 """
 from __future__ import annotations
 
@@ -24,7 +25,9 @@ import subprocess
 import sys
 import time
 import traceback
-from typing import Callable, Optional
+from typing import Optional
+
+from sfpn_edge.bench.timing import percentiles_ms, time_calls
 
 _T0 = time.perf_counter()
 
@@ -63,25 +66,6 @@ def run_child(spec: dict, timeout: float = 600.0) -> dict:
 
 
 # ------------------------------------------------------------------------------------------ child
-def percentiles_ms(seconds: list) -> dict:
-    import numpy as np
-
-    ms = np.asarray(seconds) * 1e3
-    return {"p50_ms": float(np.percentile(ms, 50)), "p95_ms": float(np.percentile(ms, 95)),
-            "calls": int(ms.size)}
-
-
-def time_calls(fn: Callable[[], object], min_seconds: float, min_calls: int, max_calls: int = 100_000) -> list:
-    """Per-call wall times of ``fn``: at least ``min_calls`` calls and ``min_seconds`` in total."""
-    times: list = []
-    start = time.perf_counter()
-    while len(times) < max_calls and (len(times) < min_calls or time.perf_counter() - start < min_seconds):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return times
-
-
 def probe_batch(n: int, size: tuple, seed: int = 2024):
     """Deterministic image-like float32 NCHW batch (smooth blobs + fine noise, mean ~0)."""
     import numpy as np

@@ -84,12 +84,12 @@ CALIBRATION_IMAGES = 200
 
 def calibration_crops(model_dir: Path, cfp_root: Optional[Path]) -> tuple:
     """(crops float32 [N, 3, h, w], source text) for int8 calibration."""
-    from sfpn_edge.converters import quantize
+    from sfpn_edge.converters import calibration_data
 
     manifest = models.load_manifest(model_dir)
     if cfp_root is not None:
-        samples = quantize.cfp_calibration_samples(cfp_root, CALIBRATION_IMAGES)
-        crops = quantize.calibration_crops(samples, manifest["input_size"][0], manifest["mean"])
+        samples = calibration_data.cfp_calibration_samples(cfp_root, CALIBRATION_IMAGES)
+        crops = calibration_data.calibration_crops(samples, manifest["input_size"][0], manifest["mean"])
         return crops, f"CFP fiducial-box crops (+30 %), {len(crops)} images (bench)"
     from sfpn_edge.bench.measure import probe_batch
 

@@ -11,7 +11,7 @@ from typing import Callable, List
 
 import numpy as np
 
-from sfpn_edge.bench.measure import percentiles_ms, time_calls
+from sfpn_edge.bench.timing import percentiles_ms, time_calls
 from sfpn_edge.errors import SfpnError
 
 STAGES = ("align", "score", "detect", "verify")

@@ -33,7 +33,7 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sfpn_edge import models
+    from sfpn_edge.converters.fetch import fetch_weights
 
     if args.detector == "mtcnn":
         return _fetch_mtcnn(args)
@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
         from sfpn_edge.errors import SfpnError
 
         raise SfpnError("--from FILE goes with --detector mtcnn")
-    fetched = [models.fetch_weights(args.url, args.out, force=args.force)]
+    fetched = [fetch_weights(args.url, args.out, force=args.force)]
     # Other downloadable artefacts (e.g. detector weights) append their result dicts here.
     emit({"fetched": fetched}, args.json, _human)
     return 0

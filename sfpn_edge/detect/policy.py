@@ -6,7 +6,7 @@ the image; if that fails too, the ``fallback`` decides: "whole-image" uses the f
 face box (``Detection.source`` says so, so callers can count it), "error" raises ImageError.
 
 The default retry border, 25 % replicated edge pixels, is the best measured on the CFP images
-the protocols use (``python -m sfpn_edge.detect.survey``): of the 79 profiles MTCNN misses
+the protocols use (``python -m sfpn_edge.evaluate.detection_survey``): of the 79 profiles MTCNN misses
 as given, it rescues 44, a black border 38, 50 % borders 39-41.
 """
 from __future__ import annotations

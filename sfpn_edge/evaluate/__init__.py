@@ -1,4 +1,5 @@
-"""Accuracy evaluation: protocols on disk, metrics, the embedding runner and plots.
+"""Accuracy evaluation: protocols on disk, metrics, the embedding runner, plots and the
+detectors' face-finding rate (``detection_survey``).
 
     protos = [load_cfp(root, "FP")]
     result = evaluate(protos, FaceEmbedder(), crop="fiducials")

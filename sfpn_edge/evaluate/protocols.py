@@ -15,17 +15,10 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 import numpy as np
 
 from sfpn_edge.errors import SfpnError
+from sfpn_edge.samples import Sample, text_lines
 
 CFP_PROTOCOLS = ("FF", "FP")
 CFP_FOLDS = tuple(range(1, 11))
-
-
-@dataclass(frozen=True)
-class Sample:
-    """One image of a protocol; ``landmarks`` is a text file of ``x,y`` lines when known."""
-
-    path: Path
-    landmarks: Optional[Path] = None
 
 
 @dataclass(frozen=True)
@@ -42,17 +35,6 @@ class PairProtocol:
             raise ValueError("pairs, labels and folds must have matching lengths")
 
 
-def _lines(path: Path) -> List[Tuple[int, str]]:
-    """Non-empty lines with 1-based line numbers; missing/unreadable file -> SfpnError."""
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise SfpnError(f"missing file {path}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SfpnError(f"cannot read {path}: {exc}") from None
-    return [(no, line.strip()) for no, line in enumerate(text.splitlines(), 1) if line.strip()]
-
-
 def _require_dir(path: Path, what: str) -> Path:
     path = Path(path).expanduser()
     if not path.is_dir():
@@ -63,25 +45,10 @@ def _require_dir(path: Path, what: str) -> Path:
 # ---------------------------------------------------------------------------- CFP
 
 
-def read_cfp_landmarks(path: Path) -> np.ndarray:
-    """A CFP fiducial file (one ``x,y`` per line) as float64 [K, 2]."""
-    rows = []
-    for no, line in _lines(Path(path)):
-        try:
-            x, y = (float(v) for v in line.replace(",", " ").split())
-        except ValueError:
-            raise SfpnError(f"{path} line {no}: expected 'x,y', got {line!r}") from None
-        rows.append((x, y))
-    pts = np.array(rows, dtype=np.float64).reshape(-1, 2)
-    if len(pts) < 2 or not np.isfinite(pts).all():
-        raise SfpnError(f"{path}: need at least two finite landmark points")
-    return pts
-
-
 def _cfp_image_list(root: Path, name: str) -> List[Sample]:
     listing = root / "Protocol" / name
     samples: List[Sample] = []
-    for no, line in _lines(listing):
+    for no, line in text_lines(listing):
         parts = line.split()
         if len(parts) != 2 or not parts[0].isdigit():
             raise SfpnError(f"{listing} line {no}: expected 'index path', got {line!r}")
@@ -97,7 +64,7 @@ def _cfp_image_list(root: Path, name: str) -> List[Sample]:
 
 def _cfp_split(path: Path, n_first: int, n_second: int) -> np.ndarray:
     rows = []
-    for no, line in _lines(path):
+    for no, line in text_lines(path):
         parts = line.replace(",", " ").split()
         if len(parts) != 2 or not all(p.isdigit() for p in parts):
             raise SfpnError(f"{path} line {no}: expected 'i,j', got {line!r}")
@@ -180,7 +147,7 @@ def load_pairs(root: Path, pairs_file: Path, ext: str = ".jpg") -> PairProtocol:
     """
     root = _require_dir(root, "image root")
     pairs_file = Path(pairs_file).expanduser()
-    lines = _lines(pairs_file)
+    lines = text_lines(pairs_file)
     if not lines:
         raise SfpnError(f"{pairs_file} is empty (expected a 'folds n' header and pair lines)")
     header = lines[0][1].split()

@@ -21,10 +21,11 @@ from sfpn_edge import align
 from sfpn_edge.detect.policy import RETRY_PAD, find_face
 from sfpn_edge.errors import SfpnError
 from sfpn_edge.evaluate import metrics
-from sfpn_edge.evaluate.protocols import PairProtocol, Sample, merge_samples, read_cfp_landmarks
+from sfpn_edge.evaluate.protocols import PairProtocol, Sample, merge_samples
 from sfpn_edge.io import read_image
 from sfpn_edge.kernels.scoring import l2_normalize
-from sfpn_edge.runtime import default_threads
+from sfpn_edge.threads import default_threads
+from sfpn_edge.samples import read_cfp_landmarks
 from sfpn_edge.score import cosine_pairs
 
 CROPS = ("fiducials", "full", "detect")

@@ -1,6 +1,6 @@
 """Detection rate of a detector + fallback policy over a list of images (e.g. the CFP protocol).
 
-    python -m sfpn_edge.detect.survey --cfp ../shared/data/cfp [--json]
+    python -m sfpn_edge.evaluate.detection_survey --cfp ../shared/data/cfp [--json]
 
 reports, for the CFP frontal and profile images that the FF/FP protocols use, how many faces
 were found directly, after the padded retry, and how many fell back to the whole image (see
@@ -23,8 +23,11 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
+from sfpn_edge.backends import registry
 from sfpn_edge.detect import Detector
+from sfpn_edge.detect import registry as detectors
 from sfpn_edge.detect.policy import Detection, count_sources, find_face
+from sfpn_edge.evaluate.protocols import load_cfp
 from sfpn_edge.io import read_image
 
 
@@ -70,8 +73,6 @@ def survey(detector: Detector, paths: Sequence[Path], *, workers: int = 1, **pol
 
 def cfp_images(root: Path) -> Dict[str, List[Path]]:
     """The frontal and profile images that the CFP FF and FP protocols use, in list order."""
-    from sfpn_edge.evaluate.protocols import load_cfp
-
     frontal, profile = {}, {}
     for protocol in ("FF", "FP"):
         for sample in load_cfp(root, protocol).samples:
@@ -80,10 +81,12 @@ def cfp_images(root: Path) -> Dict[str, List[Path]]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m sfpn_edge.detect.survey", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m sfpn_edge.evaluate.detection_survey", description=__doc__.split("\n")[0])
     parser.add_argument("--cfp", type=Path, required=True, help="CFP root (holds Data/ and Protocol/)")
-    parser.add_argument("--model-dir", type=Path, help="MTCNN weights directory (default: the cache)")
-    parser.add_argument("--backend", default="onnxruntime", choices=("onnxruntime", "openvino"))
+    parser.add_argument("--detector", default="mtcnn", choices=detectors.names(), help="detector (default mtcnn)")
+    parser.add_argument("--model-dir", type=Path, help="detector weights (default: the cache)")
+    parser.add_argument("--backend", default="onnxruntime", choices=registry.names(),
+                        help="backend of the detector's nets (default onnxruntime)")
     parser.add_argument("--min-face", type=float, default=20.0, help="MTCNN minimum face size in pixels")
     parser.add_argument("--retry-pad", type=float, default=0.25, help="border for the retry (0: none)")
     parser.add_argument("--pad-mode", default="replicate", choices=("replicate", "constant"))
@@ -94,11 +97,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
 
-    from sfpn_edge.detect.mtcnn import MTCNN
     from sfpn_edge.errors import SfpnError
+    from sfpn_edge.runtime import Runtime
 
     try:
-        detector = MTCNN(args.model_dir, args.backend, threads=1, min_face_size=args.min_face)
+        options = {"min_face_size": args.min_face} if args.detector == "mtcnn" else {}
+        detector = detectors.make_detector(args.detector, args.model_dir, Runtime.resolve(args.backend, threads=1),
+                                           **options)
         result, saved = {}, {}
         for kind, paths in cfp_images(args.cfp).items():
             found = survey(detector, paths[: args.limit], workers=args.workers,
