@@ -25,6 +25,7 @@ extensions = [
         f"sfpn_edge.kernels.{pyx.stem}",
         [str(pyx.relative_to(HERE))],
         include_dirs=[np.get_include(), "kernels"],
+        depends=[str(h.relative_to(HERE)) for h in sorted((HERE / "kernels").glob("*.h"))],   # rebuild on any header
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
         extra_compile_args=_compile_args(),
         extra_link_args=[] if sys.platform == "win32" else ["-pthread"],

@@ -33,8 +33,11 @@ cdef extern from "engine_c.h" nogil:
         const int8_t *w_port
         const float *scale
         const float *bias
+    ctypedef struct sfpn_isa:
+        const char *name
     ctypedef struct sfpn_eplan:
-        int nbuf, nop, out_dim, vnni
+        int nbuf, nop, out_dim
+        const sfpn_isa *isa
         const sfpn_ebuf *bufs
         const sfpn_eop *ops
         size_t dense
@@ -44,6 +47,7 @@ cdef extern from "engine_c.h" nogil:
     ctypedef struct sfpn_team:
         pass
     int sfpn_cpu_has_vnni()
+    const sfpn_isa *sfpn_engine_isa(int portable)
     double sfpn_int8_peak(long rounds)
     void sfpn_engine_init_arena(const sfpn_eplan *pl, uint8_t *arena, size_t nbytes)
     void sfpn_engine_run(const sfpn_eplan *pl, const float *x, float *out, uint8_t *arena, float *sums,
@@ -153,7 +157,9 @@ cdef class Int8Engine:
     """Run a checked int8 plan: ``run(x float32 [N, 3, H, W]) -> float32 [N, D]``.
 
     ``threads`` > 1 splits every image over that many threads (one team per concurrent caller);
-    results are identical for any thread count. ``portable`` skips the VNNI kernels.
+    results are identical for any thread count. ``portable`` skips the VNNI kernels. ``isa``:
+    the code path this engine runs ("avx512vnni" or "portable"). An engine is built once: a
+    second ``__init__`` raises RuntimeError (other threads may be running its plan).
     """
     cdef sfpn_eplan plan
     cdef sfpn_ebuf *bufs
@@ -165,6 +171,7 @@ cdef class Int8Engine:
     cdef readonly tuple input_shape
     cdef readonly int out_dim
     cdef readonly int threads
+    cdef readonly str isa
 
     def __cinit__(self):
         self.bufs = NULL
@@ -175,6 +182,8 @@ cdef class Int8Engine:
         free(self.ops)
 
     def __init__(self, dict plan, dict arrays, bint portable=False, int threads=1):
+        if self.plan.isa != NULL:
+            raise RuntimeError("this Int8Engine is already built; create a new one for another plan")
         if not 1 <= threads <= SFPN_ENGINE_MAX_THREADS:
             raise ValueError(f"threads must be in [1, {SFPN_ENGINE_MAX_THREADS}], got {threads}")
         self.threads = threads
@@ -183,6 +192,8 @@ cdef class Int8Engine:
             raise ValueError(f"plan 'buffers' must be a list of 1..{MAX_BUFFERS} buffers")
         if not isinstance(ops, list) or not 1 <= len(ops) <= MAX_OPS:
             raise ValueError(f"plan 'ops' must be a list of 1..{MAX_OPS} ops")
+        free(self.bufs)   # left by an __init__ that raised
+        free(self.ops)
         self.bufs = <sfpn_ebuf *>malloc(sizeof(sfpn_ebuf) * len(buffers))
         self.ops = <sfpn_eop *>malloc(sizeof(sfpn_eop) * len(ops))
         if self.bufs == NULL or self.ops == NULL:
@@ -198,10 +209,11 @@ cdef class Int8Engine:
         self.plan.nop = len(ops)
         self.plan.bufs = self.bufs
         self.plan.ops = self.ops
-        self.plan.vnni = 0 if portable else sfpn_cpu_has_vnni()
         self.out_dim = self.plan.out_dim
         self.input_shape = (3, self.bufs[0].h, self.bufs[0].w)
         self.idle = queue.SimpleQueue()
+        self.plan.isa = sfpn_engine_isa(portable)   # last: marks the engine built
+        self.isa = self.plan.isa.name.decode()
 
     cdef _buffers(self, list buffers):
         cdef size_t offset = 0
@@ -310,11 +322,6 @@ cdef class Int8Engine:
         self.keep += [vnni, port]
         o.w_vnni = <const int8_t *>cnp.PyArray_DATA(vnni)
         o.w_port = <const int8_t *>cnp.PyArray_DATA(port)
-
-    @property
-    def isa(self):
-        """"avx512vnni" or "portable": the code path this engine runs."""
-        return "avx512vnni" if self.plan.vnni else "portable"
 
     def _arena(self):
         try:

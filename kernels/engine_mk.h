@@ -1,4 +1,4 @@
-/* One VNNI convolution microkernel, instantiated by engine_c.h for several register blockings.
+/* One VNNI convolution microkernel, instantiated by engine_x86.h for several register blockings.
  *
  * Define before including: MK_NAME, MK_NB (16-channel output blocks, 1..4), MK_R (pixels) and
  * MK_GAP (0: requantize to uint8 and store; 1: ReLU and add into the float sums of a global

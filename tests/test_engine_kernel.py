@@ -175,6 +175,19 @@ def test_malformed_plans_are_refused(name):
         Int8Engine(plan, arrays)
 
 
+def test_a_built_engine_refuses_a_second_init():
+    rng = np.random.default_rng(5)
+    plan, arrays = fire_plan(rng)
+    engine = Int8Engine(plan, arrays, threads=2)
+    x = crops(rng, plan)
+    want = engine.run(x)
+    bad_plan, bad_arrays = _bad(BAD_PLANS["weights shape"][0])
+    for p, a in [(bad_plan, bad_arrays), (plan, arrays)]:
+        with pytest.raises(RuntimeError, match="already built"):
+            engine.__init__(p, a)
+    assert np.array_equal(engine.run(x), want)
+
+
 @pytest.mark.parametrize("threads", [0, MAX_THREADS + 1])
 def test_thread_count_is_checked(threads):
     plan, arrays = fire_plan(np.random.default_rng(0))
