@@ -30,7 +30,7 @@ def make_runtime(runtime: Optional[Runtime], backend: Optional[str], precision: 
                  device: Optional[str], threads: Optional[int], cache_dir=None) -> Runtime:
     """``runtime`` as given, or one resolved from the loose settings (not both)."""
     if runtime is None:
-        return Runtime.resolve(backend, device=device, precision=precision or "fp32",
+        return Runtime.resolve(backend, device=device, precision=precision,
                                threads=threads, cache_dir=cache_dir)
     if any(v is not None for v in (backend, precision, device, threads, cache_dir)):
         raise SfpnError("give a runtime or backend/precision/device/threads/cache_dir, not both")

@@ -32,12 +32,13 @@ class Runtime:
     reason: str = ""
 
     @classmethod
-    def resolve(cls, backend: Optional[str] = None, *, device: Optional[str] = None, precision: str = "fp32",
+    def resolve(cls, backend: Optional[str] = None, *, device: Optional[str] = None, precision: Optional[str] = None,
                 threads: Optional[int] = None, cache_dir: Union[str, Path, None] = None,
                 target: Optional[str] = None) -> "Runtime":
         """A checked Runtime. ``backend="auto"`` or a ``target`` (cpu, arm, vpu, auto) goes through
         the target policy (``sfpn_edge.backends.select``); a named backend is checked against the
-        registry (its precisions; the device is checked when a model opens); None is onnxruntime."""
+        registry (its precisions; the device is checked when a model opens); None is onnxruntime.
+        ``precision`` None: fp32 where the backend runs it, else its first precision (native: int8)."""
         from sfpn_edge.backends import registry
 
         threads = check_threads(threads)
@@ -47,10 +48,12 @@ class Runtime:
                 raise SfpnError("give a backend or a target, not both")
             from sfpn_edge.backends import select
 
-            choice = select.choose(target or "auto", precision=precision)
+            choice = select.choose(target or "auto", precision=precision or "fp32")
             backend, target, reason = choice.backend, choice.target, choice.reason
             device = device or choice.device
         spec = registry.get(backend or "onnxruntime")
+        if precision is None:
+            precision = "fp32" if "fp32" in spec.precisions else spec.precisions[0]
         if precision not in spec.precisions:
             raise SfpnError(f"backend {backend!r} runs {'/'.join(spec.precisions)} models, not {precision!r}")
         cache = Path(cache_dir).expanduser() if cache_dir is not None else None

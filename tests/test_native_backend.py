@@ -55,7 +55,7 @@ def test_threads_and_code_paths_give_identical_descriptors(native_dir, faces):
 
 def test_wrong_precision_or_device(native_dir):
     path = models.model_file(native_dir, "native", "int8")
-    with pytest.raises(SfpnError, match="int8 plans only"):
+    with pytest.raises(SfpnError, match="native runs int8 models, not 'fp32'"):
         open_model(path, "native", precision="fp32")
     with pytest.raises(SfpnError, match="CPU only"):
         open_model(path, "native", precision="int8", device="NPU")

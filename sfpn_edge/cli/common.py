@@ -23,9 +23,10 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
                             "`sfpn-edge fetch-weights` put in the cache)")
     group.add_argument("--backend", default=None, choices=registry.names() + ("auto",),
                        help="inference backend (default: onnxruntime; auto: what --target auto picks; "
-                            "native runs the int8 plan on sfpn-edge's own kernels: use with --precision int8)")
-    group.add_argument("--precision", default="fp32",
-                       help="model precision listed in the model's manifest, e.g. fp32, fp16, int8 (default: fp32)")
+                            "native runs the int8 plan on sfpn-edge's own kernels)")
+    group.add_argument("--precision", default=None,
+                       help="model precision listed in the model's manifest, e.g. fp32, fp16, int8 (default: fp32, "
+                            "or the backend's only precision: int8 for native)")
     group.add_argument("--device", default=None, metavar="D",
                        help="device of the backend, e.g. CPU, XNNPACK (onnxruntime), GPU, NPU (openvino); default CPU")
     group.add_argument("--target", default=None, metavar="T",
