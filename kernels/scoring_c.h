@@ -48,70 +48,76 @@ static inline float sfpn_dot_f32(const float *a, const float *b, size_t d) {
     return acc[0];
 }
 
-/* Sum of squares, accumulated in float; recomputed in double when it overflows. */
-static inline float sfpn_norm_f32(const float *a, size_t d) {
-    float ss = sfpn_dot_f32(a, a, d);
-    if (!isfinite(ss)) {
-        double s = 0.0;
-        for (size_t j = 0; j < d; j++) s += (double)a[j] * a[j];
-        return (float)sqrt(s);
-    }
-    return sqrtf(ss);
+/* The same dot product in double, for rows the float sums cannot represent (below). */
+static inline double sfpn_dot_f64(const float *a, const float *b, size_t d) {
+    double s = 0.0;
+    for (size_t j = 0; j < d; j++) s += (double)a[j] * b[j];
+    return s;
 }
 
-/* Divide each row of x [n, d] by its L2 norm (rows of zeros stay zero). */
+/* A float sum of squares is trusted when finite and at least SFPN_SS_MIN: below it, the squares
+ * of the row's elements underflow (subnormal or zero) and the sum loses its digits, so rows of
+ * tiny or subnormal values are redone in double, where their squares are exact. */
+#define SFPN_SS_MIN 0x1p-100f
+static inline int sfpn_ss_ok(float ss) { return isfinite(ss) && ss >= SFPN_SS_MIN; }
+
+/* Divide each row of x [n, d] by its L2 norm (rows of zeros stay zero; tiny, subnormal or huge
+ * rows are scaled in double, so every non-zero row comes out unit length). */
 SFPN_HOT static void sfpn_l2_normalize_rows(const float *x, float *out, size_t n, size_t d) {
     for (size_t i = 0; i < n; i++) {
         const float *row = x + i * d;
         float *dst = out + i * d;
-        float norm = sfpn_norm_f32(row, d);
-        float inv = norm > 0.0f ? 1.0f / norm : 0.0f;
-        for (size_t j = 0; j < d; j++) dst[j] = row[j] * inv;
+        float ss = sfpn_dot_f32(row, row, d);
+        if (sfpn_ss_ok(ss)) {
+            float inv = 1.0f / sqrtf(ss);
+            for (size_t j = 0; j < d; j++) dst[j] = row[j] * inv;
+        } else {
+            double norm = sqrt(sfpn_dot_f64(row, row, d));
+            double inv = norm > 0.0 ? 1.0 / norm : 0.0;
+            for (size_t j = 0; j < d; j++) dst[j] = (float)(row[j] * inv);
+        }
     }
 }
 
-/* Cosine of a zero-norm vector is 0; the quotient is formed in double so it cannot overflow. */
-static inline float sfpn_cosine(float dot, float na, float nb) {
-    double den = (double)na * nb;
-    return den > 0.0 ? (float)(dot / den) : 0.0f;
-}
-
-/* out[i] = cos(a_i, b_i) for n row pairs (an overflowing dot is redone in double). */
+/* out[i] = cos(a_i, b_i) for n row pairs; a zero row scores 0. Pairs whose float sums overflow
+ * or underflow are redone in double; the quotient is always formed in double. */
 SFPN_HOT static void sfpn_cosine_pairs(const float *a, const float *b, float *out, size_t n,
                                        size_t d) {
     for (size_t i = 0; i < n; i++) {
         const float *x = a + i * d, *y = b + i * d;
-        float dot = sfpn_dot_f32(x, y, d);
-        if (!isfinite(dot)) {
-            double s = 0.0;
-            for (size_t j = 0; j < d; j++) s += (double)x[j] * y[j];
-            double den = (double)sfpn_norm_f32(x, d) * sfpn_norm_f32(y, d);
-            out[i] = den > 0.0 ? (float)(s / den) : 0.0f;
-            continue;
+        float dot = sfpn_dot_f32(x, y, d), xx = sfpn_dot_f32(x, x, d), yy = sfpn_dot_f32(y, y, d);
+        double num = dot, den = (double)sqrtf(xx) * sqrtf(yy);
+        if (!isfinite(dot) || !sfpn_ss_ok(xx) || !sfpn_ss_ok(yy)) {
+            num = sfpn_dot_f64(x, y, d);
+            den = sqrt(sfpn_dot_f64(x, x, d)) * sqrt(sfpn_dot_f64(y, y, d));
         }
-        out[i] = sfpn_cosine(dot, sfpn_norm_f32(x, d), sfpn_norm_f32(y, d));
+        out[i] = den > 0.0 ? (float)(num / den) : 0.0f;
     }
 }
 
 /* out[p, j] = a_p . b_j / |b_j| (b's norms computed in the same pass; zero rows score 0),
- * or plain a_p . b_j when normalize_b is 0. a [np, d], b [nb, d], out [np, nb]. */
+ * or plain a_p . b_j when normalize_b is 0. a [np, d], b [nb, d], out [np, nb]. Rows b_j whose
+ * float sum of squares overflows or underflows are scored in double (inv < 0 marks them). */
 SFPN_HOT static void sfpn_dots_block_f32(const float *a, size_t np, const float *b, size_t nb,
                                          size_t d, int normalize_b, float *out, size_t out_stride) {
     for (size_t j0 = 0; j0 < nb; j0 += SFPN_BLOCK_ROWS) {
         size_t j1 = j0 + SFPN_BLOCK_ROWS < nb ? j0 + SFPN_BLOCK_ROWS : nb;
         float inv[SFPN_BLOCK_ROWS];
+        double inv64[SFPN_BLOCK_ROWS];
         for (size_t j = j0; j < j1; j++) {
-            if (normalize_b) {
-                float norm = sfpn_norm_f32(b + j * d, d);
-                inv[j - j0] = norm > 0.0f ? 1.0f / norm : 0.0f;
-            } else {
-                inv[j - j0] = 1.0f;
+            float ss = normalize_b ? sfpn_dot_f32(b + j * d, b + j * d, d) : 1.0f;
+            inv[j - j0] = sfpn_ss_ok(ss) ? 1.0f / sqrtf(ss) : -1.0f;
+            if (inv[j - j0] < 0.0f) {
+                double norm = sqrt(sfpn_dot_f64(b + j * d, b + j * d, d));
+                inv64[j - j0] = norm > 0.0 ? 1.0 / norm : 0.0;
             }
         }
         for (size_t p = 0; p < np; p++) {
             const float *q = a + p * d;
             float *o = out + p * out_stride;
-            for (size_t j = j0; j < j1; j++) o[j] = sfpn_dot_f32(q, b + j * d, d) * inv[j - j0];
+            for (size_t j = j0; j < j1; j++)
+                o[j] = inv[j - j0] >= 0.0f ? sfpn_dot_f32(q, b + j * d, d) * inv[j - j0]
+                                           : (float)(sfpn_dot_f64(q, b + j * d, d) * inv64[j - j0]);
         }
     }
 }
@@ -280,17 +286,20 @@ static int sfpn_use_vnni(void) {
 }
 
 /* Symmetric per-row int8 quantisation: scale = max|x| / 127, q = round-half-even(x / scale).
- * Also returns each row's sum of q (for the VNNI shift correction). Zero rows get scale 0. */
+ * Also returns each row's sum of q (for the VNNI shift correction). Zero rows get scale 0; rows
+ * so small that 127 / max|x| would overflow are scaled up by a power of two first. */
 SFPN_HOT static void sfpn_quantize_i8(const float *x, size_t n, size_t d, int8_t *q, float *scale,
                                       int32_t *rowsum) {
     for (size_t i = 0; i < n; i++) {
         const float *row = x + i * d;
         float m = 0.0f;
         for (size_t j = 0; j < d; j++) m = fmaxf(m, fabsf(row[j]));
-        float s = m / 127.0f, inv = m > 0.0f ? 127.0f / m : 0.0f;
+        /* pre = 2^64 (exact) keeps 127 / (m * pre) finite when m < 127 / FLT_MAX, else 1 */
+        float s = m / 127.0f, pre = m < 0x1p-120f ? 0x1p64f : 1.0f;
+        float inv = m > 0.0f ? 127.0f / (m * pre) : 0.0f;
         int32_t sum = 0;
         for (size_t j = 0; j < d; j++) {
-            float v = nearbyintf(row[j] * inv);
+            float v = nearbyintf(row[j] * pre * inv);
             v = v > 127.0f ? 127.0f : (v < -127.0f ? -127.0f : v);
             q[i * d + j] = (int8_t)v;
             sum += (int8_t)v;

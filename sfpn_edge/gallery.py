@@ -6,7 +6,8 @@
 
 The file is a SQLite database (stdlib ``sqlite3``, WAL journal) marked with our own
 ``application_id``: a ``meta`` table (format, model sha256, descriptor dim), ``identities``
-and ``embeddings`` (L2-normalised float32 little-endian BLOBs; never pickle). Every enrolment
+and ``embeddings`` (L2-normalised float32 little-endian BLOBs, never pickle, each row with a
+CRC-32 of its identity's name and vector: ``row_checksum``). Every enrolment
 or removal is one transaction, so a process killed at any moment loses at most the change in
 flight; readers in other processes see committed states only and pick up changes on their
 next search (``PRAGMA data_version``). A new file appears atomically, fully initialised.
@@ -15,6 +16,12 @@ Identities are matched through an in-memory ``sfpn_edge.score.Gallery`` (fp32, f
 storage) over one template per identity: the normalised mean of its embeddings
 (``template="mean"``, the default: +6 points top-1 over ``"all"`` embeddings on CFP frontal
 enrolment / profile probes, see ``DEFAULT_TEMPLATE``) or every embedding (best one counts).
+
+Damage is refused, never served: only regular files are opened (a FIFO or device as the path
+fails at once); opening for writing runs ``PRAGMA quick_check``; every embedding read is checked
+(size, finite, unit norm, row checksum); ``check_gallery`` (``sfpn-edge gallery check``) runs all
+of it on demand. Format 1 files (no checksums) are read as they are and upgraded in one
+transaction when opened for writing.
 """
 from __future__ import annotations
 
@@ -23,21 +30,26 @@ import os
 import sqlite3
 import tempfile
 import time
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, List, Optional, Sequence, Union
 
 import numpy as np
 
+from sfpn_edge import bounded_read
 from sfpn_edge.errors import SfpnError
+from sfpn_edge.kernels.scoring import l2_normalize
 from sfpn_edge.score import STORAGES, Gallery
 
 APPLICATION_ID = 0x53465047  # "SFPG", stored in the SQLite header (offset 68)
 FORMAT = "sfpn-edge-gallery"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2 added embeddings.checksum
 SQLITE_MAGIC = b"SQLite format 3\x00"
 BUSY_TIMEOUT_S = 30.0
 MAX_NAME_CHARS = 256
+UNIT_NORM_TOLERANCE = 1e-3  # stored embeddings are unit length; anything else is damage
+SIDECARS = ("-wal", "-shm", "-journal")
 TEMPLATES = ("mean", "all")
 # CFP, 500 identities enrolled with their 10 frontal photos, probed with their 4 profiles (2,000
 # probes, MTCNN pipeline, fp32): top-1 / top-5 identification 63.1 / 79.5 % with the normalised mean
@@ -56,7 +68,8 @@ CREATE TABLE embeddings (
     id INTEGER PRIMARY KEY,
     identity INTEGER NOT NULL REFERENCES identities(id) ON DELETE CASCADE,
     source TEXT,
-    vector BLOB NOT NULL
+    vector BLOB NOT NULL,
+    checksum INTEGER
 );
 CREATE INDEX embeddings_identity ON embeddings(identity);
 """
@@ -64,6 +77,10 @@ CREATE INDEX embeddings_identity ON embeddings(identity);
 
 class GalleryError(SfpnError):
     """The gallery file is missing, not ours, made for another model, or damaged."""
+
+
+class EmbeddingError(GalleryError, ValueError):
+    """Embeddings that cannot be stored or searched: wrong shape or type, NaN/inf, zero norm."""
 
 
 @dataclass(frozen=True)
@@ -119,7 +136,11 @@ class FaceGallery:
             self._check_meta(snapshot)
         self._db = self._connect()
         try:
-            self._check_meta(self._db)
+            self.format_version = self._check_meta(self._db)
+            if not readonly:
+                self.quick_check()
+                if self.format_version < FORMAT_VERSION:
+                    self._upgrade()
         except BaseException:
             self._db.close()
             raise
@@ -147,8 +168,8 @@ class FaceGallery:
             raise GalleryError(f"{self.path}: cannot open gallery ({exc})") from None
         return db
 
-    def _check_meta(self, db: sqlite3.Connection) -> None:
-        """Raise GalleryError unless ``db`` is a gallery for this model and descriptor size."""
+    def _check_meta(self, db: sqlite3.Connection) -> int:
+        """The format version of ``db``; GalleryError unless it is a gallery for this model and size."""
         try:
             app_id = db.execute("PRAGMA application_id").fetchone()[0]
             if app_id != APPLICATION_ID:
@@ -169,6 +190,32 @@ class FaceGallery:
             raise GalleryError(f"{self.path}: enrolled with another model (sha256 "
                                f"{str(meta.get('model_sha256'))[:12]}…, this one {self.model_sha256[:12]}…); "
                                "re-enrol with this model or use the model the gallery was made with")
+        return int(version)
+
+    def quick_check(self) -> None:
+        """SQLite's ``PRAGMA quick_check`` (every page and b-tree well formed), else GalleryError."""
+        try:
+            rows = self._db.execute("PRAGMA quick_check").fetchall()
+        except sqlite3.DatabaseError as exc:
+            rows = [(str(exc),)]
+        if rows != [("ok",)]:
+            raise GalleryError(f"{self.path}: damaged gallery: PRAGMA quick_check failed ({rows[0][0]}); "
+                               "restore a backup or enrol again into a new file")
+
+    def _upgrade(self) -> None:
+        """Format 1 -> 2 in one transaction: add and fill the row checksums (rows checked first)."""
+        with self._transaction() as db:
+            if "checksum" not in [row[1] for row in db.execute("PRAGMA table_info(embeddings)")]:
+                db.execute("ALTER TABLE embeddings ADD COLUMN checksum INTEGER")
+            rows = db.execute("SELECT e.id, i.name, e.vector FROM embeddings e "
+                              "JOIN identities i ON i.id = e.identity").fetchall()
+            for _, name, blob in rows:
+                self._vector(name, blob, None)
+            db.executemany("UPDATE embeddings SET checksum = ? WHERE id = ?",
+                           [(row_checksum(name, blob), row) for row, name, blob in rows])
+            db.execute("UPDATE meta SET value = ? WHERE key = 'format_version'", (str(FORMAT_VERSION),))
+            db.execute(f"PRAGMA user_version = {FORMAT_VERSION}")
+        self.format_version = FORMAT_VERSION
 
     # -- writing ---------------------------------------------------------------------------
 
@@ -188,8 +235,8 @@ class FaceGallery:
             vectors = self._check_embeddings(embeddings)
             sources = list(sources) if sources is not None else [None] * len(vectors)
             if len(sources) != len(vectors):
-                raise ValueError(f"{len(sources)} sources for {len(vectors)} embeddings")
-            checked.append((check_name(name), vectors, sources))
+                raise EmbeddingError(f"{len(sources)} sources for {len(vectors)} embeddings")
+            checked.append((check_name(name), vectors, [None if s is None else _text(s) for s in sources]))
         self._require_writable()
         with self._transaction() as db:
             return [self._insert(db, name, vectors, sources, replace) for name, vectors, sources in checked]
@@ -207,9 +254,9 @@ class FaceGallery:
                                (name, enrolled)).lastrowid
         else:
             ident, enrolled = row
-        db.executemany("INSERT INTO embeddings (identity, source, vector) VALUES (?, ?, ?)",
-                       [(ident, None if s is None else str(s), v.astype("<f4").tobytes())
-                        for v, s in zip(vectors, sources)])
+        blobs = [v.astype("<f4").tobytes() for v in vectors]
+        db.executemany("INSERT INTO embeddings (identity, source, vector, checksum) VALUES (?, ?, ?, ?)",
+                       [(ident, s, b, row_checksum(name, b)) for b, s in zip(blobs, sources)])
         count = db.execute("SELECT COUNT(*) FROM embeddings WHERE identity = ?", (ident,)).fetchone()[0]
         return Identity(name, count, enrolled)
 
@@ -256,11 +303,11 @@ class FaceGallery:
 
     def embeddings(self, name: str) -> np.ndarray:
         """The stored (normalised) embeddings of ``name``, [n, D]; KeyError if not enrolled."""
-        rows = self._query("SELECT e.vector FROM embeddings e JOIN identities i ON i.id = e.identity "
-                           "WHERE i.name = ? ORDER BY e.id", (name,))
+        rows = self._query(f"SELECT i.name, e.vector, {self._checksums} FROM embeddings e JOIN identities i "
+                           "ON i.id = e.identity WHERE i.name = ? ORDER BY e.id", (name,))
         if not rows:
             raise KeyError(name)
-        return np.stack([self._vector(blob) for (blob,) in rows])
+        return np.stack([self._vector(*row) for row in rows])
 
     def identify(self, probe: np.ndarray, k: int = 5) -> List[Match]:
         """The ``k`` closest identities to one probe embedding [D], best first."""
@@ -302,12 +349,12 @@ class FaceGallery:
         return self._query("PRAGMA data_version")[0][0]
 
     def _build_index(self):
-        rows = self._query("SELECT i.name, e.vector FROM embeddings e JOIN identities i "
+        rows = self._query(f"SELECT i.name, e.vector, {self._checksums} FROM embeddings e JOIN identities i "
                            "ON i.id = e.identity ORDER BY i.id, e.id")
         if not rows:
             return None, [], 0, 0
-        names = [name for name, _ in rows]
-        vectors = np.stack([self._vector(blob) for _, blob in rows])
+        names = [row[0] for row in rows]
+        vectors = np.stack([self._vector(*row) for row in rows])
         if self.template == "mean":
             unique, start = np.unique(np.array(names, dtype=object), return_index=True)
             order = np.sort(start)  # rows are grouped by identity, in enrolment order
@@ -327,12 +374,24 @@ class FaceGallery:
         except sqlite3.Error as exc:
             raise GalleryError(f"{self.path}: cannot read gallery ({exc})") from None
 
-    def _vector(self, blob: bytes) -> np.ndarray:
-        if not isinstance(blob, bytes) or len(blob) != 4 * self.dim:
-            raise GalleryError(f"{self.path}: damaged gallery (an embedding is not {self.dim} float32 values)")
+    @property
+    def _checksums(self) -> str:
+        """The checksum column to select (format 1 files have none)."""
+        return "e.checksum" if self.format_version >= 2 else "NULL"
+
+    def _vector(self, name: str, blob: bytes, checksum: Optional[int]) -> np.ndarray:
+        """A stored embedding of ``name``, checked: size, row checksum (format 2), finite, unit norm."""
+        damaged = f"{self.path}: damaged gallery: an embedding of {name!r}"
+        if not isinstance(name, str) or not isinstance(blob, bytes) or len(blob) != 4 * self.dim:
+            raise GalleryError(f"{damaged} is not {self.dim} float32 values")
+        if self.format_version >= 2 and checksum != row_checksum(name, blob):
+            raise GalleryError(f"{damaged} fails its row checksum")
         vector = np.frombuffer(blob, "<f4").astype(np.float32)
         if not np.isfinite(vector).all():
-            raise GalleryError(f"{self.path}: damaged gallery (an embedding holds NaN or infinity)")
+            raise GalleryError(f"{damaged} holds NaN or infinity")
+        norm = float(np.linalg.norm(vector.astype(np.float64)))
+        if abs(norm - 1.0) > UNIT_NORM_TOLERANCE:
+            raise GalleryError(f"{damaged} is not unit length (norm {norm:.6g})")
         return vector
 
     def _check_embeddings(self, embeddings: np.ndarray) -> np.ndarray:
@@ -340,16 +399,17 @@ class FaceGallery:
         if array.ndim == 1:
             array = array[None]
         if array.ndim != 2 or array.shape[1] != self.dim or array.shape[0] == 0:
-            raise ValueError(f"expected embeddings of shape [n, {self.dim}], got {np.shape(embeddings)}")
+            raise EmbeddingError(f"expected embeddings of shape [n, {self.dim}], got {np.shape(embeddings)}")
         if not np.issubdtype(array.dtype, np.floating):
-            raise ValueError(f"embeddings must be floating point, got {array.dtype}")
-        array = array.astype(np.float32)
+            raise EmbeddingError(f"embeddings must be floating point, got {array.dtype}")
+        with np.errstate(over="ignore"):  # beyond float32: becomes inf, refused just below
+            array = np.ascontiguousarray(array, np.float32)
         if not np.isfinite(array).all():
-            raise ValueError("embeddings contain NaN or infinity")
-        norms = np.linalg.norm(array, axis=1)
-        if (norms == 0).any():
-            raise ValueError("an embedding is all zeros")
-        return _normalise(array)
+            raise EmbeddingError("embeddings contain NaN or infinity (or values beyond float32)")
+        unit = _normalise(array)
+        if (np.abs(np.linalg.norm(unit.astype(np.float64), axis=1) - 1.0) > UNIT_NORM_TOLERANCE).any():
+            raise EmbeddingError("an embedding is all zeros: it has no direction to compare")
+        return unit
 
     # -- lifetime --------------------------------------------------------------------------
 
@@ -366,8 +426,55 @@ class FaceGallery:
         return f"<FaceGallery {self.path} template={self.template} storage={self.storage}>"
 
 
+def check_gallery(path: Union[str, os.PathLike]) -> dict:
+    """Check a gallery file without its model; a summary, or GalleryError naming the failed check.
+
+    Checks: regular SQLite file with our application id; ``PRAGMA quick_check``; meta (format,
+    version, model, descriptor size); ``PRAGMA foreign_key_check``; every embedding row (size,
+    checksum, finite, unit norm). Read-only: a format 1 file is checked, not upgraded.
+    """
+    path = Path(path)
+    _check_header(path)
+    if not path.exists():
+        raise GalleryError(f"{path}: no such gallery")
+    uri = f"{path.resolve().as_uri()}?mode=ro&immutable=1"
+    try:
+        with contextlib.closing(sqlite3.connect(uri, uri=True)) as db:
+            meta = dict(db.execute("SELECT key, value FROM meta"))
+    except sqlite3.DatabaseError as exc:
+        raise GalleryError(f"{path}: not a readable sfpn-edge gallery ({exc})") from None
+    dim = meta.get("descriptor_dim", "")
+    if not dim.isdigit() or not 0 < int(dim) <= 1 << 20:
+        raise GalleryError(f"{path}: damaged gallery: descriptor_dim {dim!r} in its meta table")
+    with FaceGallery(path, model_sha256=meta.get("model_sha256", ""), dim=int(dim), readonly=True,
+                     template="all") as gallery:
+        gallery.quick_check()
+        if gallery._query("PRAGMA foreign_key_check"):
+            raise GalleryError(f"{path}: damaged gallery: PRAGMA foreign_key_check found embeddings "
+                               "without an identity")
+        rows = len(gallery._build_index()[1])
+        return {"db": str(path), "format_version": gallery.format_version, "model_sha256": gallery.model_sha256,
+                "descriptor_dim": gallery.dim, "identities": len(gallery), "embeddings": rows,
+                "checks": ["header", "quick_check", "meta", "foreign_key_check", "rows"]}
+
+
 def _normalise(x: np.ndarray) -> np.ndarray:
-    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    """Unit-length float32 rows (the scoring kernel: subnormal rows too; zero rows stay zero)."""
+    return l2_normalize(np.ascontiguousarray(x, np.float32))
+
+
+def row_checksum(name: str, blob: bytes) -> int:
+    """CRC-32 of one embedding row: its identity's name (UTF-8, NUL-terminated) and vector bytes."""
+    return zlib.crc32(blob, zlib.crc32(name.encode("utf-8") + b"\0"))
+
+
+def _text(source: object) -> str:
+    """``source`` as storable text: undecodable file-name bytes (surrogate escapes) become \\x escapes."""
+    text = str(source)
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a lone surrogate that is no escaped byte
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def check_name(name: str) -> str:
@@ -376,13 +483,25 @@ def check_name(name: str) -> str:
         raise GalleryError("an identity name must be a non-empty string")
     if len(name) > MAX_NAME_CHARS or any(ord(c) < 32 for c in name):
         raise GalleryError(f"an identity name must be at most {MAX_NAME_CHARS} printable characters")
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise GalleryError(f"identity name {name!r} is not valid UTF-8 text (undecodable bytes)") from None
     return name
 
 
 def _check_header(path: Path) -> None:
-    """Refuse a path that exists and is not an SQLite database with our application id."""
-    if path.is_dir():
-        raise GalleryError(f"{path}: is a directory, not a gallery file")
+    """Refuse a path that exists and is not an SQLite database with our application id (or whose
+    journal files are not regular files): never opening a FIFO or device, which could hang."""
+    for name in [path] + [path.with_name(path.name + suffix) for suffix in SIDECARS]:
+        try:
+            bounded_read.regular_file(name)
+        except FileNotFoundError:
+            continue
+        except bounded_read.LimitError as exc:
+            raise GalleryError(f"{name}: {exc}; a gallery is an SQLite file") from None
+        except OSError as exc:
+            raise GalleryError(f"{name}: cannot read ({exc.strerror or exc})") from None
     if not path.exists():
         return
     try:

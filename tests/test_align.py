@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fuzzing import examples
 from sfpn_edge import align
 
 
@@ -56,7 +57,7 @@ def test_box_matrix_rejects_bad_boxes(box, margin):
         align.box_matrix(box, margin)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(seed=st.integers(0, 2**32 - 1), k=st.integers(2, 12), noise=st.sampled_from([0.0, 0.01, 1.0, 30.0]))
 def test_similarity_matches_float64_least_squares(seed, k, noise):
     rng = np.random.default_rng(seed)

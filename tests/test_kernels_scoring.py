@@ -3,6 +3,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fuzzing import examples
 from sfpn_edge.kernels import scoring
 
 
@@ -64,6 +65,69 @@ def test_l2_normalize_survives_huge_values():
     np.testing.assert_allclose(np.linalg.norm(scoring.l2_normalize(x)), 1.0, rtol=1e-6)
 
 
+# Rows whose float32 sum of squares underflows: subnormal values (< 1.2e-38), and tiny normal
+# ones whose squares are subnormal or zero. Before the double-precision fallback the first two
+# scales normalised to all zeros and scored 0.
+TINY_SCALES = [1e-43, 1e-30, 1e-22]
+
+
+@pytest.mark.parametrize("scale", TINY_SCALES)
+def test_tiny_and_subnormal_rows_scale_to_unit_length(isa, scale):
+    rng = np.random.default_rng(11)
+    x = (rng.normal(size=(4, 1000)) * scale).astype(np.float32)
+    assert x.any(axis=1).all()
+    x64 = x.astype(np.float64)
+    unit = x64 / np.linalg.norm(x64, axis=1, keepdims=True)
+    np.testing.assert_allclose(scoring.l2_normalize(x), unit, atol=1e-6)
+    np.testing.assert_allclose(scoring.cosine_pairs(x, x[::-1].copy()), (unit * unit[::-1]).sum(1), atol=1e-6)
+    probes = scoring.l2_normalize(rng.normal(size=(3, 1000)).astype(np.float32))
+    np.testing.assert_allclose(scoring.dot_scores(probes, x, normalize_b=True), probes @ unit.T, atol=1e-6)
+    idx, best = scoring.topk_fp32(probes, x, 2, normalize=True)
+    ref_i, ref_s = reference_topk((probes @ unit.T).astype(np.float32), 2)
+    np.testing.assert_array_equal(idx, ref_i)
+    np.testing.assert_allclose(best, ref_s, atol=1e-6)
+
+
+@pytest.mark.parametrize("scale", TINY_SCALES)
+def test_quantize_int8_of_tiny_rows(scale):
+    x = (np.random.default_rng(12).normal(size=(2, 64)) * scale).astype(np.float32)
+    x[:, ::4] = 0  # zeros times an overflowing 127 / max|x| were NaN, cast to int8
+    q, qscale, rowsum = scoring.quantize_int8(x)
+    x64 = x.astype(np.float64)
+    ref = np.clip(np.rint(x64 * (127.0 / np.abs(x64).max(1, keepdims=True))), -127, 127)
+    np.testing.assert_array_equal(q, ref)
+    assert (q[:, ::4] == 0).all() and np.array_equal(rowsum, q.sum(1))
+
+
+def _f32(value: float) -> float:
+    return float(np.float32(value))
+
+
+# Any finite float32, with extra weight on tiny, subnormal and huge magnitudes.
+extreme = (st.floats(width=32, allow_nan=False, allow_infinity=False)
+           | st.floats(_f32(-1e-30), _f32(1e-30), width=32)
+           | st.floats(_f32(-1e-38), _f32(1e-38), width=32)
+           | st.floats(_f32(1e36), _f32(3e38), width=32))
+
+
+@given(st.integers(1, 5), st.integers(1, 70), st.data())
+@settings(max_examples=examples(80), deadline=None)
+def test_fuzz_norms_of_any_magnitude(n, d, data):
+    """Every non-zero row normalises to unit length and cosines match float64, at any magnitude."""
+    x = np.array(data.draw(st.lists(extreme, min_size=n * d, max_size=n * d)), np.float32).reshape(n, d)
+    x64 = x.astype(np.float64)
+    norms = np.linalg.norm(x64, axis=1)
+    out = scoring.l2_normalize(x)
+    assert np.isfinite(out).all()
+    np.testing.assert_allclose(np.linalg.norm(out.astype(np.float64), axis=1), (norms > 0).astype(float),
+                               atol=1e-5)
+    b = np.ascontiguousarray(x[::-1])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ref = (x64 * b.astype(np.float64)).sum(1) / (norms * norms[::-1])
+    ref[(norms == 0) | (norms[::-1] == 0)] = 0
+    np.testing.assert_allclose(scoring.cosine_pairs(x, b), ref, atol=1e-5)
+
+
 def test_cosine_pairs_matches_numpy():
     rng = np.random.default_rng(1)
     a, b = rng.normal(size=(2, 9, 1000)).astype(np.float32)
@@ -109,7 +173,7 @@ def test_topk_fp32_row_range():
 
 
 @given(st.integers(1, 4), st.integers(1, 300), st.integers(1, 130), st.integers(0, 2**32 - 1), st.data())
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=examples(60), deadline=None)
 def test_topk_int8_exact_on_every_path(p, n, d, seed, data):
     k = data.draw(st.integers(1, n))
     rng = np.random.default_rng(seed)

@@ -4,11 +4,13 @@ from __future__ import annotations
 import io
 import json
 import shutil
+import tracemalloc
 import zipfile
 
 import numpy as np
 import pytest
 
+from hostile_corpus import deep_json, zip_bomb
 from sfpn_edge import models
 from sfpn_edge.backends import open_model
 from sfpn_edge.backends.native_backend import PLAN_VERSION, load_plan
@@ -129,3 +131,63 @@ def test_photo_pipeline_on_the_native_backend(native_dir, mtcnn_dir, cfp_root):
     assert verifier.embedder.backend == "native"
     result = verifier.verify(image, image)
     assert result.score > 0.999 and result.same
+
+
+# ---------------------------------------------------------------- hostile plan files (no model needed)
+
+PLAN = {"format": "sfpn-native-int8", "version": PLAN_VERSION, "ops": [{"op": "conv_gap"}]}
+
+
+def _plan_file(path, record=PLAN, **arrays):
+    raw = record if isinstance(record, bytes) else json.dumps(record).encode()
+    np.savez(path, plan=np.frombuffer(raw, np.uint8), **arrays)
+    return path
+
+
+def _npy(array_header: dict, data: bytes) -> bytes:
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, array_header)
+    return buf.getvalue() + data
+
+
+def test_zip_bomb_member_is_refused_before_decompression(tmp_path):
+    """Before: every member was decompressed in full (a 4.8 MB file held 4 GiB)."""
+    nbytes = 256 << 20
+    header = _npy({"descr": "|i1", "fortran_order": False, "shape": (nbytes,)}, b"")
+    bomb = zip_bomb(tmp_path / "model_native_int8.npz", "op0.w.npy", header, nbytes)
+    assert bomb.stat().st_size < 1 << 20
+    tracemalloc.start()
+    with pytest.raises(ModelError, match="declare 268,435,5"):
+        load_plan(bomb)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 8 << 20
+
+
+@pytest.mark.parametrize("members, message", [
+    ({"evil.npy": np.zeros(3, np.int8).tobytes()}, "unexpected member 'evil.npy'"),
+    ({"op1.w.npy": _npy({"descr": "<f8", "fortran_order": False, "shape": (2,)}, bytes(16))}, "expected int8"),
+    ({"op1.w.npy": _npy({"descr": "|i1", "fortran_order": True, "shape": (2, 2)}, bytes(4))}, "Fortran"),
+    ({"op1.w.npy": _npy({"descr": "|i1", "fortran_order": False, "shape": (1000, 1000)}, bytes(10))},
+     "does not fill"),
+    ({"op1.scale.npy": _npy({"descr": "|O", "fortran_order": False, "shape": (1,)}, bytes(8))}, "expected float32"),
+], ids=["name", "dtype", "order", "size", "pickle"])
+def test_plan_members_checked_before_allocation(tmp_path, members, message):
+    path = _plan_file(tmp_path / "plan.npz")
+    with zipfile.ZipFile(path, "a") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    with pytest.raises(ModelError, match=message):
+        load_plan(path)
+
+
+@pytest.mark.parametrize("record, message", [
+    (b'{"format": "sfpn-native-int8", "x": ' + deep_json(100_000).encode() + b"}", "nested more than"),
+    ({**PLAN, "ops": [{"op": ["conv"]}]}, "op 0 must be an object whose 'op' is a string, got list"),
+    ({**PLAN, "ops": [["conv"]]}, "op 0 must be an object"),
+    (json.dumps({**PLAN, "scale": float("nan")}).encode(), "not a JSON number"),
+], ids=["deep", "kind-list", "op-list", "nan"])
+def test_hostile_plan_records(tmp_path, record, message):
+    """Before: RecursionError, TypeError (unhashable list) or a NaN accepted."""
+    with pytest.raises(ModelError, match=message):
+        load_plan(_plan_file(tmp_path / "plan.npz", record))

@@ -3,6 +3,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fuzzing import examples
 from sfpn_edge.kernels.nms import nms
 
 
@@ -42,7 +43,7 @@ def box_sets(draw):
     return np.ascontiguousarray(np.column_stack([xy, xy + wh, score]), dtype=np.float32)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(box_sets(), st.sampled_from([0.0, 0.3, 0.5, 0.7, 1.0]) | st.floats(0, 1, width=32),
        st.sampled_from(["union", "min"]))
 def test_nms_matches_numpy_reference(boxes, threshold, mode):

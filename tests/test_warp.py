@@ -9,6 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from fuzzing import examples
 from sfpn_edge.kernels.warp import warp_batch
 
 MEAN = (131.0912, 103.8827, 91.4953)
@@ -88,7 +89,7 @@ def make_image(rng, h, w, layout):
 LAYOUTS = ["grey", "grey1", "contiguous", "strided", "cropped", "reversed", "fortran", "planar"]
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(150), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     seed=st.integers(0, 2**32 - 1),
     h=st.integers(1, 70),

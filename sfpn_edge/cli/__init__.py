@@ -22,6 +22,7 @@ COMMANDS = [
     "embed",
     "enroll",
     "identify",
+    "gallery",
     "evaluate",
     "calibrate",
     "info",
@@ -42,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    if getattr(sys.stdout, "errors", None) == "strict" and hasattr(sys.stdout, "reconfigure"):
+        # file names with undecodable bytes (surrogate escapes) print as \x escapes, not a traceback
+        sys.stdout.reconfigure(errors="backslashreplace")
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)

