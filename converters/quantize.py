@@ -1,11 +1,20 @@
 """Post-training int8 quantization, calibrated on real face crops.
 
-* ONNX Runtime: static QDQ quantization (per-channel int8 weights, uint8 activations, MinMax
-  ranges) of the fp32 ``model.onnx`` -> ``model_int8.onnx``.
+* ONNX Runtime: static QDQ quantization (per-channel int8 weights, 7-bit in the first conv,
+  uint8 activations, MinMax ranges) of the fp32 ``model.onnx`` -> ``model_int8.onnx``.
 * OpenVINO: NNCF post-training quantization of the fp32 model -> ``model_int8.xml`` when the
   ``quantize`` extra (nncf) is installed; otherwise the QDQ ONNX is converted to IR, which
   OpenVINO also runs as int8 (its FakeQuantize ops come from the Q/DQ pairs).
 * native engine: an int8 plan -> ``model_native_int8.npz`` (``converters.native_export``).
+
+A model is quantized once and run on any CPU. x86 CPUs without VNNI (AVX2, AVX-512 without
+VNNI) multiply uint8 x int8 with vpmaddubsw (ONNX Runtime's MLAS, oneDNN in OpenVINO), which
+saturates each sum of two products to int16. The first conv reads the image as uint8 around a
+zero point of ~128, so its sums reach 2 * 255 * 127 and saturate (-4 points of CFP-FP accuracy on
+such a CPU): its weights are 7-bit (|w| <= 64: 2 * 255 * 64 fits), as in NNCF's default overflow
+fix. Later convs read sparse post-ReLU activations and do not saturate (the int8 kernels match the
+float-simulated QDQ graph; tested); 7 bits in every conv (``reduce_range``) cost 0.7 point of
+CFP-FP. VNNI (vpdpbusd) and ARM SDOT/UDOT accumulate in int32: no such saturation.
 
 Calibration crops come from face images (e.g. CFP, see ``converters.calibration_data``); their
 source and count are recorded in the manifest under ``calibration``. Conversion-only
@@ -59,6 +68,7 @@ def quantize_onnx(fp32_onnx: Path, out: Path, crops: np.ndarray, *, per_channel:
 
     graph = onnx.load(str(fp32_onnx), load_external_data=False).graph
     input_name = graph.input[0].name
+    first = {"reduce_range": True, **({"axis": 0} if per_channel else {})}  # 7 bits (module docstring)
     with tempfile.TemporaryDirectory() as tmp:
         prepared = Path(tmp) / "prepared.onnx"
         quant_pre_process(str(fp32_onnx), str(prepared), skip_symbolic_shape=True)
@@ -69,10 +79,29 @@ def quantize_onnx(fp32_onnx: Path, out: Path, crops: np.ndarray, *, per_channel:
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
             calibrate_method=CalibrationMethod.MinMax,
-            extra_options={"WeightSymmetric": True, "ActivationSymmetric": False},
+            extra_options={"WeightSymmetric": True, "ActivationSymmetric": False,
+                           "TensorQuantOverrides": {w: [first] for w in input_conv_weights(graph)}},
             nodes_to_exclude=output_tail(graph),
         )
     return Path(out)
+
+
+def input_conv_weights(graph) -> list:
+    """Weight names of the convs that read the graph input (through no other conv)."""
+    consumers: Dict[str, list] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    weights, frontier, seen = set(), [graph.input[0].name], set()
+    while frontier:
+        tensor = frontier.pop()
+        seen.add(tensor)
+        for node in consumers.get(tensor, []):
+            if node.op_type == "Conv":
+                weights.update(node.input[1:2] if node.input[0] == tensor else [])
+            else:
+                frontier.extend(o for o in node.output if o not in seen)
+    return sorted(weights)
 
 
 def output_tail(graph) -> list:
@@ -115,8 +144,10 @@ def quantize_openvino(fp32_model: Path, out_xml: Path, crops: np.ndarray, *,
 
         model = ov.Core().read_model(str(fp32_model))
         dataset = nncf.Dataset(list(crops), lambda crop: crop[None])
+        # FIRST_LAYER (NNCF's default, explicit): 7-bit weights in the first conv (module docstring)
+        fix = nncf.AdvancedQuantizationParameters(overflow_fix=nncf.OverflowFix.FIRST_LAYER)
         quantized = nncf.quantize(model, dataset, preset=nncf.QuantizationPreset.PERFORMANCE,
-                                  subset_size=len(crops))
+                                  subset_size=len(crops), advanced_parameters=fix)
         ov.save_model(quantized, str(out_xml), compress_to_fp16=False)
         return "nncf"
     if qdq_onnx is None:
@@ -140,7 +171,7 @@ def quantize_model_dir(model_dir: Path, crops: np.ndarray, source: str, *, use_n
     fp32_onnx = models.model_file(model_dir, "onnxruntime", "fp32")
     files = manifest["files"]
     record = {"source": source, "count": int(len(crops)), "method": "minmax",
-              "onnxruntime": "QDQ, per-channel int8 weights, uint8 activations"}
+              "onnxruntime": "QDQ, per-channel int8 weights (7-bit in the first conv), uint8 activations"}
     # Build in a private temp dir, then move into place: a failure leaves the directory as it was.
     with tempfile.TemporaryDirectory(dir=model_dir, prefix=".quantize-") as tmp:
         tmp = Path(tmp)

@@ -68,6 +68,9 @@ def test_int8_files_and_manifest(int8_dir):
     weights = [init for init in onnx.load(str(int8_dir / "model_int8.onnx")).graph.initializer
                if init.data_type == onnx.TensorProto.INT8]
     assert len(weights) >= 26  # every conv's weights are int8
+    ranges = {init.name: int(np.abs(onnx.numpy_helper.to_array(init)).max()) for init in weights}
+    assert ranges.pop("conv1/W_quantized") == 64  # 7 bits: no int16 saturation on x86 without VNNI
+    assert max(ranges.values()) == 127  # 8 bits elsewhere
     assert not list(int8_dir.glob(".quantize-*"))  # the work dir is gone
     size = (int8_dir / "model_int8.onnx").stat().st_size
     assert size < 0.4 * (int8_dir / "model.onnx").stat().st_size
@@ -90,6 +93,22 @@ def test_int8_accuracy_on_cfp_fp_subset(int8_dir, fp_subset, backend, min_cos):
     assert agree > 0.95
     acc = lambda s: max(((s > t) == labels).mean() for t in np.unique(s_ref))  # noqa: E731
     assert abs(acc(s_got) - acc(s_ref)) < 0.02  # 175 pairs: ~3 pairs
+
+
+def test_ort_int8_kernels_match_the_simulated_qdq(int8_dir, calibration):
+    """The int8 kernels of this CPU compute what the QDQ graph means (no saturation: x86 without
+    VNNI sums pairs of u8 x s8 products in int16); with graph optimizations off ORT runs it in float."""
+    import onnxruntime as ort
+
+    crops = calibration[1][:16]
+    def run(level):
+        options = ort.SessionOptions()
+        options.graph_optimization_level, options.intra_op_num_threads = level, 1
+        session = ort.InferenceSession(str(int8_dir / "model_int8.onnx"), options, providers=["CPUExecutionProvider"])
+        out = np.concatenate([session.run(None, {session.get_inputs()[0].name: c[None]})[0] for c in crops])
+        return out / np.linalg.norm(out, axis=1, keepdims=True)
+    kernels, simulated = run(ort.GraphOptimizationLevel.ORT_ENABLE_ALL), run(ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+    assert (kernels * simulated).sum(1).min() > 0.999
 
 
 def test_qdq_onnx_route_for_openvino(int8_dir, calibration, tmp_path):
