@@ -226,10 +226,9 @@ def test_onnxruntime_spinning(benchmark, full_dir, faces, spinning):
 def test_start_time(benchmark, full_dir, tmp_path, backend, precision, warm):
     """Model load + compile, without (cold) and with (warm) the compiled-model cache."""
     from sfpn_edge.backends import open_model
-    from sfpn_edge.embed import model_path
-    from sfpn_edge.models import load_manifest
+    from sfpn_edge.model_dir import ModelDir
 
-    path = model_path(full_dir, load_manifest(full_dir), backend, precision)
+    path = ModelDir(full_dir).file(backend, precision)
     cache = tmp_path / "cache"
 
     def setup():

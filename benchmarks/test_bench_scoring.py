@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from sfpn_edge.threads import default_threads
 from sfpn_edge import score
 from sfpn_edge.kernels import scoring
 
@@ -64,7 +65,7 @@ def test_gallery(benchmark, data, galleries, storage, threads):
     gallery = galleries[storage]
     gallery.threads = threads
     benchmark.extra_info.update(bytes_per_100k=gallery.nbytes * 100_000 // N,
-                                threads=threads or score.default_threads(), **scoring.variants())
+                                threads=threads or default_threads(), **scoring.variants())
     idx, _ = benchmark(gallery.topk, data[1], K)
     ref = numpy_topk(data[0], data[1][0], K)[0]
     assert len(np.intersect1d(idx[0], ref)) >= K - 2  # quantized storages may swap near-ties
