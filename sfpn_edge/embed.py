@@ -15,26 +15,15 @@ from typing import Optional, Union
 
 import numpy as np
 
-from sfpn_edge.errors import ModelError, SfpnError
+from sfpn_edge.errors import ModelError
 from sfpn_edge.kernels.scoring import l2_normalize
 from sfpn_edge.model_dir import ModelDir
-from sfpn_edge.runtime import Runtime
+from sfpn_edge.runtime import Runtime, make_runtime
 
 # Best chunk size per (backend, precision), from benchmarks/test_bench_embed.py::test_batch_size
 # at 1 thread on the 2-core Zen 5 box: fp32 and ORT int8 are flat or slower per face beyond 1-2
 # (batch 32 is 20-60 % slower per face); OpenVINO int8 gains ~15 % at 4-8. Others: 1.
 BEST_BATCH = {("openvino", "int8"): 4}
-
-
-def make_runtime(runtime: Optional[Runtime], backend: Optional[str], precision: Optional[str],
-                 device: Optional[str], threads: Optional[int], cache_dir=None) -> Runtime:
-    """``runtime`` as given, or one resolved from the loose settings (not both)."""
-    if runtime is None:
-        return Runtime.resolve(backend, device=device, precision=precision,
-                               threads=threads, cache_dir=cache_dir)
-    if any(v is not None for v in (backend, precision, device, threads, cache_dir)):
-        raise SfpnError("give a runtime or backend/precision/device/threads/cache_dir, not both")
-    return runtime
 
 
 class FaceEmbedder:

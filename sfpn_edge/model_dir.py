@@ -12,7 +12,7 @@ and atomic writes live in ``sfpn_edge.models``.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Dict, Optional, Union
 
 from sfpn_edge import align, models, thresholds
 from sfpn_edge.backends import registry
@@ -72,17 +72,6 @@ class ModelDir:
             raise ModelError(f"{self.path}: no model for backend '{backend}' (has: {', '.join(sorted(files))})")
         have = ", ".join(sorted(files[family]))
         raise ModelError(f"{self.path}: no {precision} model for {backend} (has: {have})")
-
-    def has(self, backend: str, precision: str, device: str = "CPU") -> bool:
-        try:
-            self.file(backend, precision, device)
-        except ModelError:
-            return False
-        return True
-
-    def precisions(self, backend: str) -> List[str]:
-        """The precisions of ``backend`` this directory has a file for."""
-        return [p for p in registry.get(backend).precisions if self.has(backend, p)]
 
     # -- framing and decisions --------------------------------------------------------------
 

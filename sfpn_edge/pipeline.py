@@ -42,12 +42,12 @@ from sfpn_edge.calibration import Calibration, gallery_key, resolve_calibration
 from sfpn_edge.detect import Detector, Face, check_image
 from sfpn_edge.detect.policy import RETRY_PAD, Detection, find_face
 from sfpn_edge.detect.registry import make_detector
-from sfpn_edge.embed import FaceEmbedder, make_runtime
+from sfpn_edge.embed import FaceEmbedder
 from sfpn_edge.errors import ImageError, ModelError, SfpnError
 from sfpn_edge.io import ImageSource, read_image
 from sfpn_edge.kernels.scoring import l2_normalize
 from sfpn_edge.model_dir import ModelDir
-from sfpn_edge.runtime import Runtime
+from sfpn_edge.runtime import Runtime, make_runtime
 from sfpn_edge.score import cosine_pairs
 from sfpn_edge.thresholds import OperatingPoint
 

@@ -18,6 +18,7 @@ from typing import Optional, Union
 from sfpn_edge.errors import SfpnError
 from sfpn_edge.threads import check_threads
 
+
 @dataclass(frozen=True)
 class Runtime:
     """Where and how networks run. Build one with :meth:`resolve`; ``reason`` says why a target
@@ -54,14 +55,9 @@ class Runtime:
         spec = registry.get(backend or "onnxruntime")
         if precision is None:
             precision = "fp32" if "fp32" in spec.precisions else spec.precisions[0]
-        if precision not in spec.precisions:
-            raise SfpnError(f"backend {backend!r} runs {'/'.join(spec.precisions)} models, not {precision!r}")
+        spec.check_precision(precision)
         cache = Path(cache_dir).expanduser() if cache_dir is not None else None
         return cls(spec.name, (device or "CPU").upper(), precision, threads, cache, target, reason)
-
-    def with_(self, **changes) -> "Runtime":
-        """A copy with some fields changed (e.g. ``threads=1`` for a worker pool)."""
-        return replace(self, **changes)
 
     def for_graphs(self) -> "Runtime":
         """The runtime for generic fp32 ONNX graphs (detector nets): this backend and device in
@@ -86,3 +82,14 @@ class Runtime:
         out = asdict(self)
         out["cache_dir"] = None if self.cache_dir is None else str(self.cache_dir)
         return out
+
+
+def make_runtime(runtime: Optional[Runtime], backend: Optional[str], precision: Optional[str],
+                 device: Optional[str], threads: Optional[int], cache_dir=None) -> Runtime:
+    """``runtime`` as given, or one resolved from the loose settings (not both)."""
+    if runtime is None:
+        return Runtime.resolve(backend, device=device, precision=precision,
+                               threads=threads, cache_dir=cache_dir)
+    if any(v is not None for v in (backend, precision, device, threads, cache_dir)):
+        raise SfpnError("give a runtime or backend/precision/device/threads/cache_dir, not both")
+    return runtime

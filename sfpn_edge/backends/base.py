@@ -7,7 +7,7 @@ from typing import Optional, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
-from sfpn_edge.errors import ModelError, SfpnError
+from sfpn_edge.errors import ModelError
 
 MYRIAD_GONE = (
     "MYRIAD (Intel Movidius VPU) support was removed from OpenVINO after 2022.3 LTS; "
@@ -127,6 +127,4 @@ def check_precision(backend: str, precision: str, why: str = "") -> None:
     """SfpnError unless the registry says ``backend`` runs ``precision`` (``why`` explains a refusal)."""
     from sfpn_edge.backends.registry import get
 
-    offered = get(backend).precisions
-    if precision not in offered:
-        raise SfpnError(f"{backend} runs {' / '.join(offered)} models, not {precision!r}{why}")
+    get(backend).check_precision(precision, why)

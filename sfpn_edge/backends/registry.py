@@ -66,6 +66,11 @@ class BackendSpec:
             return []
         return list(importlib.import_module(self.module).available_devices())
 
+    def check_precision(self, precision: str, why: str = "") -> None:
+        """SfpnError unless this backend runs ``precision`` (``why`` explains a refusal)."""
+        if precision not in self.precisions:
+            raise SfpnError(f"{self.name} runs {' / '.join(self.precisions)} models, not {precision!r}{why}")
+
     def file_keys(self, precision: str, device: str = "CPU") -> List[Tuple[str, str]]:
         """(family, precision) manifest entries to try, best first, for ``precision`` on ``device``."""
         family = self.files or self.name
