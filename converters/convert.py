@@ -1,4 +1,5 @@
-"""MATLAB .mat -> complete model directory (ONNX, OpenVINO IR fp32/fp16/static, manifest.json).
+"""MATLAB .mat -> complete model directory (ONNX, OpenVINO IR fp32/fp16/static, TFLite fp32/fp16,
+manifest.json).
 
     manifest = convert("SqueezeFacePoseNet_with_separable_DWC.mat", "models/sfpn")
 
@@ -18,6 +19,7 @@ from sfpn_edge.errors import SfpnError
 from sfpn_edge.converters.layergraph import Graph, build_graph, read_mat
 from sfpn_edge.converters.onnx_export import export_onnx
 from sfpn_edge.converters.openvino_export import export_openvino
+from sfpn_edge.converters.tflite_export import export_tflite
 
 ONNX_FILE = "model.onnx"
 
@@ -56,6 +58,7 @@ def _write(graph: Graph, out_dir: Path, source_sha256: str, source_name: str,
         export_onnx(graph, tmp / ONNX_FILE, depthwise_rewrite=depthwise_rewrite,
                     doc=f"SqueezeFacePoseNet ({graph.variant}) converted by sfpn-edge from {source_name}")
         ir = export_openvino(tmp / ONNX_FILE, tmp)
+        tflite = export_tflite(graph, tmp, f"SqueezeFacePoseNet ({graph.variant}) from {source_name}, by sfpn-edge")
         c, h, w = graph.input_shape
         manifest = {
             "format_version": models.FORMAT_VERSION,
@@ -75,6 +78,7 @@ def _write(graph: Graph, out_dir: Path, source_sha256: str, source_name: str,
                 "onnxruntime": {"fp32": ONNX_FILE},
                 "openvino": {"fp32": ir["fp32"], "fp16": ir["fp16"]},
                 "openvino_static": {"fp32": ir["static_fp32"]},
+                "litert": tflite,
             },
             "thresholds": {},
         }

@@ -37,7 +37,8 @@ def test_convert_json_without_rewrite(capsys, tmp_path, dwc_mat, model_dir):
     assert code == 0 and err == ""
     result = json.loads(out)
     assert result["depthwise_rewrite"] is False and result["variant"] == "dwc" and result["seconds"] > 0
-    assert set(result["sizes"]) == {"model.onnx", "model.xml", "model_fp16.xml", "model_static.xml"}
+    assert set(result["sizes"]) == {"model.onnx", "model.xml", "model_fp16.xml", "model_static.xml", "model.tflite",
+                                    "model_fp16.tflite"}
     assert 2.5e6 < result["sizes"]["model.onnx"] < 3.2e6 and result["sizes"]["model_fp16.xml"] < 1.8e6
     manifest = models.load_manifest(out_dir)
     assert manifest["source_sha256"] == models.WEIGHTS_SHA256 and manifest["source_file"] == dwc_mat.name

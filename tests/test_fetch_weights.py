@@ -36,7 +36,8 @@ def test_fetch_convert_store_then_reuse(capsys, home, dwc_mat):
     target = models.default_model_dir()
     assert target == home / "models" / "squeezefaceposenet-dwc" and item["model_dir"] == str(target)
     assert models.load_manifest(target)["source_sha256"] == models.WEIGHTS_SHA256
-    for backend, precision in [("onnxruntime", "fp32"), ("openvino", "fp32"), ("openvino", "fp16")]:
+    for backend, precision in [("onnxruntime", "fp32"), ("openvino", "fp32"), ("openvino", "fp16"), ("litert", "fp32"),
+                               ("litert", "fp16")]:
         assert models.model_file(target, backend, precision).is_file()
     assert (home / "weights" / f"{models.WEIGHTS_SHA256}.mat").read_bytes() == dwc_mat.read_bytes()
 

@@ -27,4 +27,8 @@ register(BackendSpec(
 register(BackendSpec(
     "native", "sfpn_edge.backends.native_backend:NativeBackend", ("int8",), graph_backend="onnxruntime",
     summary="the int8 plan on sfpn-edge's own kernels (fast with AVX-512 VNNI)"))
+register(BackendSpec(
+    "litert", "sfpn_edge.backends.litert_backend:LiteRtBackend", ("fp32", "fp16", "int8"),
+    graph_backend="onnxruntime", extra="litert",
+    summary="LiteRT (TFLite interpreter) with the XNNPACK delegate, .tflite files, CPU"))
 plugins.load()
