@@ -6,6 +6,8 @@
   ``quantize`` extra (nncf) is installed; otherwise the QDQ ONNX is converted to IR, which
   OpenVINO also runs as int8 (its FakeQuantize ops come from the Q/DQ pairs).
 * native engine: an int8 plan -> ``model_native_int8.npz`` (``converters.native_export``).
+* LiteRT: full-integer ``model_int8.tflite`` (``converters.tflite_quantize``), same crops and
+  MinMax rule, when the model directory has ``model.tflite``.
 
 A model is quantized once and run on any CPU. x86 CPUs without VNNI (AVX2, AVX-512 without
 VNNI) multiply uint8 x int8 with vpmaddubsw (ONNX Runtime's MLAS, oneDNN in OpenVINO), which
@@ -31,7 +33,7 @@ from typing import Dict, Optional, Sequence
 import numpy as np
 
 from sfpn_edge import models
-from sfpn_edge.converters import native_export
+from sfpn_edge.converters import native_export, tflite_quantize
 from sfpn_edge.converters.calibration_data import calibration_crops, cfp_calibration_samples, check_crops
 from sfpn_edge.errors import SfpnError
 
@@ -157,7 +159,7 @@ def quantize_openvino(fp32_model: Path, out_xml: Path, crops: np.ndarray, *,
 
 
 def quantize_model_dir(model_dir: Path, crops: np.ndarray, source: str, *, use_nncf: Optional[bool] = None) -> dict:
-    """Add int8 models for ONNX Runtime, OpenVINO and the native engine to ``model_dir`` and
+    """Add int8 models for ONNX Runtime, OpenVINO, the native engine and LiteRT to ``model_dir`` and
     record them in its manifest.
 
     ``source`` says where the calibration crops came from (recorded with their count).
@@ -186,6 +188,11 @@ def quantize_model_dir(model_dir: Path, crops: np.ndarray, source: str, *, use_n
             made += [OV_INT8, Path(OV_INT8).with_suffix(".bin").name]
             record["openvino"] = ("NNCF post-training quantization (performance preset)" if how == "nncf"
                                   else "QDQ ONNX converted to IR")
+        if "fp32" in files.get("litert", {}):
+            (tmp / tflite_quantize.INT8_FILE).write_bytes(tflite_quantize.quantize_tflite(
+                models.model_file(model_dir, "litert", "fp32"), fp32_onnx, crops, description=source))
+            made.append(tflite_quantize.INT8_FILE)
+            record["litert"] = tflite_quantize.DESCRIPTION
         for name in made:
             (tmp / name).chmod(0o644)
             os.replace(tmp / name, model_dir / name)
@@ -193,6 +200,8 @@ def quantize_model_dir(model_dir: Path, crops: np.ndarray, source: str, *, use_n
     files["native"] = {"int8": native_export.NATIVE_INT8}
     if "openvino" in record:
         files["openvino"]["int8"] = OV_INT8
+    if "litert" in record:
+        files["litert"]["int8"] = tflite_quantize.INT8_FILE
     manifest["calibration"] = record
     models.write_manifest(model_dir, manifest)
     return manifest

@@ -201,6 +201,36 @@ def test_no_baseline_flag_and_missing_native_plan(model_dir, tmp_path):
     assert result["speed_target"]["text"] == "speed target not evaluated: no measured baseline row in this run"
 
 
+def test_litert_rows_and_a_peer_tflite(model_dir, tmp_path):
+    """litert rows beside the others, and --peer-tflite: another face .tflite timed on the same harness."""
+    pytest.importorskip("ai_edge_litert", reason="the litert extra is not installed")
+    from sfpn_edge.converters import tflite_export
+    from sfpn_edge.converters.layergraph import build_graph
+    from sfpn_edge.converters.synthetic import synthetic_layergraph
+
+    peer = tmp_path / "peerface.tflite"
+    peer.write_bytes(tflite_export.to_tflite(tflite_export.lower(build_graph(synthetic_layergraph("base",
+                                                                                                   input_size=97)))))
+    proc = bench(["--quick", "--weights", str(model_dir), "--backends", "onnxruntime,litert", "--precisions",
+                  "fp32,fp16", "--threads", "1", "--stages", "none", "--peer-tflite", str(peer), "--no-progress",
+                  "--json", str(tmp_path / "r.json")], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads((tmp_path / "r.json").read_text())["rows"]
+    litert = {r["precision"]: r for r in rows if r["backend"] == "litert" and not r.get("peer")}
+    assert litert["fp32"]["status"] == litert["fp16"]["status"] == "ok"
+    assert litert["fp32"]["cosine_vs_fp32"] > 0.9999 and litert["fp16"]["cosine_vs_fp32"] > 0.9999
+    assert litert["fp32"]["note"] == "XNNPACK on (1 delegated partition)"
+    (row,) = [r for r in rows if r.get("peer")]
+    assert row["status"] == "ok" and row["label"] == "peer peerface.tflite (litert)" and row["precision"] == "peer"
+    assert row["p50_ms"] > 0 and row["peak_rss_mb"] > 0 and "latency and memory only" in row["note"]
+    assert "cosine_vs_fp32" not in row and row["describe"]["model"] == str(peer)
+    assert 0.5 < row["speedup_vs_baseline"] < 20   # timed against the same ORT default session
+
+    bad = bench(["--quick", "--peer-tflite", str(tmp_path / "missing.tflite"), "--no-progress"], tmp_path)
+    assert bad.returncode == 2 and bad.stderr.strip().endswith("missing.tflite: not a .tflite file")
+    assert bad.stderr.count("\n") == 1
+
+
 def test_child_env_pins_threads_only(monkeypatch):
     monkeypatch.setenv("OPENBLAS_CORETYPE", "Haswell")
     monkeypatch.setenv("OPENBLAS_L2_SIZE", "1048576")

@@ -58,6 +58,8 @@ def test_int8_files_and_manifest(int8_dir):
     manifest = models.load_manifest(int8_dir)
     assert manifest["files"]["onnxruntime"]["int8"] == "model_int8.onnx"
     assert manifest["files"]["openvino"]["int8"] == "model_int8.xml"
+    assert manifest["files"]["litert"]["int8"] == "model_int8.tflite"
+    assert "full-integer" in manifest["calibration"]["litert"]
     assert (int8_dir / "model_int8.bin").is_file()
     record = manifest["calibration"]
     assert record["count"] == CALIBRATION and "CFP" in record["source"]
@@ -76,9 +78,12 @@ def test_int8_files_and_manifest(int8_dir):
     assert size < 0.4 * (int8_dir / "model.onnx").stat().st_size
 
 
-@pytest.mark.parametrize("backend, min_cos", [("onnxruntime", 0.97), ("openvino", 0.98), ("native", 0.98)])
+@pytest.mark.parametrize("backend, min_cos", [("onnxruntime", 0.97), ("openvino", 0.98), ("native", 0.98),
+                                              ("litert", 0.98)])
 def test_int8_accuracy_on_cfp_fp_subset(int8_dir, fp_subset, backend, min_cos):
     """int8 descriptors stay close to fp32 and verification decisions barely change."""
+    if backend == "litert":
+        pytest.importorskip("ai_edge_litert", reason="the litert extra is not installed")
     from sfpn_edge.evaluate.runner import embed_samples
     from sfpn_edge.score import cosine_pairs
 

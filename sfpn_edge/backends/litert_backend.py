@@ -122,10 +122,17 @@ class LiteRtBackend(BackendBase):
         return outputs
 
     def describe(self) -> dict:
-        return {**super().describe(), "version": version(),
-                "xnnpack": {"requested": self.xnnpack, "applied": self.delegate_nodes > 0,
-                            "delegate_nodes": self.delegate_nodes},
+        return {**super().describe(), "version": version(), "xnnpack": self.xnnpack_state,
                 "layout": "NCHW in and out (the .tflite's NHWC tensors transposed)"}
+
+    @property
+    def xnnpack_state(self) -> str:
+        """"on (N delegated partitions)", "off (builtin kernels)" or "requested, not applied"."""
+        if not self.xnnpack:
+            return "off (builtin kernels)"
+        if not self.delegate_nodes:
+            return "requested, not applied"
+        return f"on ({self.delegate_nodes} delegated partition{'s' if self.delegate_nodes > 1 else ''})"
 
 
 def _signature(detail: dict) -> tuple:

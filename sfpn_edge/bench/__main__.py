@@ -46,6 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-baseline", action="store_true",
                    help=f"skip the '{configs.BASELINE_LABEL}' row (plain InferenceSession on the fp32 model, "
                         "default options) that the speed-up column and the speed target are computed against")
+    p.add_argument("--peer-tflite", metavar="FILE", action="append", default=[],
+                   help="also time this face .tflite (e.g. MobileFaceNet) on the litert backend, labelled as a "
+                        "peer: latency and memory only (repeatable)")
     p.add_argument("--stages", metavar="LIST", default=",".join(STAGES),
                    help=f"pipeline stages to time, comma list from {','.join(STAGES)}, or 'none'")
     p.add_argument("--json", metavar="FILE", help="write the full result as JSON")
@@ -87,8 +90,8 @@ def model_rows(candidates: Sequence[configs.Candidate], source: model_source.Mod
     rows = []
     for i, cand in enumerate(candidates):
         row = {"backend": cand.backend, "precision": cand.precision, "threads": cand.threads}
-        if cand.baseline:
-            row.update(baseline=True, label=cand.label)
+        if cand.baseline or cand.peer:
+            row.update(label=cand.label, **({"baseline": True} if cand.baseline else {"peer": True}))
         if not cand.available:
             rows.append({**row, "status": "not available", "reason": cand.reason})
             continue
@@ -96,12 +99,19 @@ def model_rows(candidates: Sequence[configs.Candidate], source: model_source.Mod
         spec = {"kind": "model", "backend": cand.backend, "precision": cand.precision, "threads": cand.threads,
                 "baseline": cand.baseline, "model": str(cand.model), "input_size": manifest_size,
                 "settings": settings.as_dict(), "output": str(out)}
+        if cand.peer:   # another model: its own input, no descriptors compared with ours
+            spec.update(peer=True, precision="fp32", input_size=None, output=None)
         result = progress.step(f"{cand.label}", lambda: run_child(spec))
         row.update(result, model=cand.model.name, model_size_mb=file_size_mb(cand.model))
+        described = result.get("describe", {})
         if cand.baseline:
             row["note"] = "reference for the speed-up column: default SessionOptions, threads chosen by ORT"
-        elif result.get("describe", {}).get("isa"):  # the native engine: which kernels, how many threads per face
-            described = result["describe"]
+        elif cand.peer:
+            row["note"] = f"peer model (not SqueezeFacePoseNet): latency and memory only; XNNPACK " \
+                          f"{described.get('xnnpack', '?')}"
+        elif described.get("xnnpack"):
+            row["note"] = f"XNNPACK {described['xnnpack']}"
+        elif described.get("isa"):  # the native engine: which kernels, how many threads per face
             per_face = f", {described['engine_threads']} thread(s) per face" if "engine_threads" in described else ""
             row["note"] = f"{described['isa']} kernels{per_face}"
         if out.is_file():
@@ -121,7 +131,8 @@ def add_accuracy(rows: List[dict], source: model_source.ModelSource, root: Path,
     Threads do not change the arithmetic, so each backend x precision is evaluated once (at the
     largest thread count) and its numbers go to all its rows. Returns report notes.
     """
-    measured = [r for r in rows if r.get("status") == "ok" and not r.get("baseline")]  # baseline: same file as ORT fp32
+    measured = [r for r in rows if r.get("status") == "ok" and not r.get("baseline")  # baseline: same file as ORT fp32
+                and not r.get("peer")]
     configs_ok = list(dict.fromkeys((r["backend"], r["precision"]) for r in measured))
     if not configs_ok:
         return []
@@ -184,6 +195,8 @@ def run(args: argparse.Namespace) -> dict:
     root = cfp_root(args.cfp_root)
     source = model_source.resolve(args.weights, root)
     candidates = configs.model_candidates(source.model_dir, backends, precisions, threads)
+    for peer in args.peer_tflite:
+        candidates += configs.peer_candidates(Path(peer), threads)
     if not args.no_baseline:
         candidates.insert(0, configs.baseline_candidate(source.model_dir))
 

@@ -40,7 +40,8 @@ class Candidate:
     """One row to measure: a model file for (backend, precision, threads), or why there is none.
 
     The ``baseline`` row is a plain ``onnxruntime.InferenceSession`` with default options (its
-    threads stay None: the library picks them).
+    threads stay None: the library picks them). A ``peer`` row is someone else's face model
+    (``--peer-tflite``) on the litert backend: latency and memory only.
     """
 
     backend: str
@@ -49,6 +50,7 @@ class Candidate:
     model: Optional[Path] = None
     reason: str = ""
     baseline: bool = False
+    peer: bool = False
 
     @property
     def available(self) -> bool:
@@ -59,6 +61,8 @@ class Candidate:
         if self.baseline:
             return BASELINE_LABEL
         suffix = f" x{self.threads}" if self.threads else ""
+        if self.peer:
+            return f"peer {self.model.name if self.model else '?'} ({self.backend})"
         return f"{self.backend} {self.precision}{suffix}"
 
 
@@ -136,6 +140,20 @@ def model_candidates(
             else:
                 rows.extend(Candidate(backend, precision, t, model=Path(path)) for t in threads)
     return rows
+
+
+PEER_BACKEND = "litert"
+
+
+def peer_candidates(path: Path, threads: Iterable[int]) -> list:
+    """Rows timing a face .tflite that is not ours (``--peer-tflite``) on the litert backend."""
+    path = Path(path).expanduser()
+    if not path.is_file() or path.suffix.lower() != ".tflite":
+        raise SfpnError(f"--peer-tflite {path}: not a .tflite file")
+    missing = registry.get(PEER_BACKEND).missing()
+    if missing:
+        return [Candidate(PEER_BACKEND, "peer", None, model=None, reason=missing, peer=True)]
+    return [Candidate(PEER_BACKEND, "peer", t, model=path, peer=True) for t in threads]
 
 
 def baseline_candidate(model_dir: Path) -> Candidate:

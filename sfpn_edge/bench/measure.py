@@ -97,10 +97,33 @@ def open_measured(spec: dict):
     return open_model(spec["model"], spec["backend"], precision=spec["precision"], threads=spec["threads"])
 
 
+def peer_inputs(model, n: int, seed: int = 2024):
+    """A batch of ``n`` image-like inputs for a peer model, in its own shape and dtype."""
+    import numpy as np
+
+    spec = model.inputs[0]
+    if len(spec.shape) != 4 or None in spec.shape[1:]:
+        from sfpn_edge.errors import SfpnError
+
+        raise SfpnError(f"peer model input {spec.name} is {spec.shape_text}: needs a fixed [N, C, H, W] image input")
+    _, c, h, w = spec.shape
+    x = probe_batch(n, (h, w), seed)
+    x = x if c == 3 else np.ascontiguousarray(x[:, :1].repeat(c, axis=1))
+    if spec.dtype.kind in "iu":
+        info = np.iinfo(spec.dtype)
+        return np.clip(np.rint(x), info.min, info.max).astype(spec.dtype)
+    return x.astype(spec.dtype)
+
+
 def measure_model(spec: dict) -> dict:
     model = open_measured(spec)  # inside the cold-start window on purpose
-    size = tuple(spec["input_size"])
-    probe = probe_batch(FIDELITY_BATCH, size)
+    if spec.get("peer"):
+        static = model.inputs[0].shape[0]
+        make = lambda n, seed=2024: peer_inputs(model, static or n, seed)  # noqa: E731
+    else:
+        size = tuple(spec["input_size"])
+        make = lambda n, seed=2024: probe_batch(n, size, seed)  # noqa: E731
+    probe = make(FIDELITY_BATCH)
     one = probe[:1].copy()
     model.run(one)
     cold = time.perf_counter() - _T0
@@ -115,7 +138,9 @@ def measure_model(spec: dict) -> dict:
     serving_rss = peak_rss_mb()  # load + batch-1 inference: what a verifier process holds
     throughput = {1: 1e3 / latency["p50_ms"]}
     for batch in settings["batches"]:
-        x = probe_batch(batch, size, seed=batch)
+        x = make(batch, seed=batch)
+        if len(x) != batch:       # a peer with a static batch: batch 1 only
+            continue
         model.run(x)
         per_batch = time_calls(lambda: model.run(x), settings["batch_seconds"], 3)
         throughput[batch] = batch / float(np.median(per_batch))

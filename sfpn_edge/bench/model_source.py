@@ -6,7 +6,7 @@ A path may be a converted model directory or the authors' ``.mat`` (converted on
 the cache, reused next time). Synthetic weights are good for latency and memory only.
 
 Model directories the bench builds itself (converted ``.mat``, synthetic) also get int8 models
-(ONNX Runtime, OpenVINO, the native engine's plan), calibrated on CFP images when the CFP set is
+(ONNX Runtime, OpenVINO, the native engine's plan, LiteRT), calibrated on CFP images when the CFP set is
 at hand, else on synthetic images (fine for latency, not for accuracy); the manifest records
 which. Directories the user made are never modified.
 """
@@ -102,7 +102,8 @@ def ensure_int8(model_dir: Path, cfp_root: Optional[Path]) -> tuple:
     Returns report notes (empty on success).
     """
     manifest = models.load_manifest(model_dir)
-    has_int8 = all("int8" in manifest["files"].get(b, {}) for b in ("onnxruntime", "openvino", "native"))
+    quantized = ("onnxruntime", "openvino", "native") + (("litert",) if "litert" in manifest["files"] else ())
+    has_int8 = all("int8" in manifest["files"].get(b, {}) for b in quantized)
     want = "CFP" if cfp_root is not None else "synthetic"
     if has_int8 and str(manifest.get("calibration", {}).get("source", "")).startswith(want):
         return ()
