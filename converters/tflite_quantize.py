@@ -2,10 +2,12 @@
 
 * weights: int8 per output channel, symmetric (zero point 0, |q| <= 127); biases int32 at
   scale s_in * s_w[c];
-* activations: int8 per tensor, affine, MinMax ranges over the calibration crops -- the same crops
-  and the same rule as the ONNX Runtime QDQ model (``converters.quantize``); the ranges are read
-  with ``native_export.activation_ranges`` on the fp32 ONNX model, whose tensors carry the IR's
-  names;
+* activations: int8 per tensor, affine, over the same calibration crops as the other int8 paths
+  (``converters.quantize``), read with the native plan's ``native_export.activation_ranges`` on
+  the fp32 ONNX model (whose tensors carry the IR's names): a tensor's range is the largest of
+  its channels' 99.99th percentiles. With one scale per tensor, outliers cost more than in the
+  per-channel native plan: MinMax (percentile 100, ORT's rule) gave CFP-FP 86.23 % against 86.87 %
+  for fp32, 99.99 gives 86.61 % (mean cosine to fp32 0.99894 -> 0.99929 on 100 held-out crops);
 * the float32 input is quantized by a QUANTIZE op; a concatenation and its inputs share one
   scale (XNNPACK and the TFLite converter require it: the concat is then a plain copy), a max
   pool keeps its input's;
@@ -33,13 +35,16 @@ from sfpn_edge.errors import ModelError
 
 INT8_FILE = "model_int8.tflite"
 POOLS = ("float", "int8")
-DESCRIPTION = ("full-integer TFLite: per-channel symmetric int8 weights, per-tensor int8 activations (MinMax), "
-               "concat inputs share the concat's scale, final average pool in float")
+DEFAULT_PERCENTILE = 99.99
+DESCRIPTION = ("full-integer TFLite: per-channel symmetric int8 weights, per-tensor int8 activations (largest "
+               "per-channel 99.99th percentile), concat inputs share the concat's scale, final average pool in float")
 Range = Tuple[float, float]
 
 
-def calibrate(lowered: Lowered, onnx_path: Union[str, Path], crops: np.ndarray) -> Dict[str, Range]:
-    """(min, max) of the input and of every layer output over ``crops`` float32 [N, 3, h, w]."""
+def calibrate(lowered: Lowered, onnx_path: Union[str, Path], crops: np.ndarray, *,
+              percentile: float = DEFAULT_PERCENTILE) -> Dict[str, Range]:
+    """(low, high) of the input (its min and max) and of every layer output (0 and the largest
+    per-channel ``percentile``) over ``crops`` float32 [N, 3, h, w]."""
     import onnx
 
     from sfpn_edge.converters import native_export
@@ -51,7 +56,7 @@ def calibrate(lowered: Lowered, onnx_path: Union[str, Path], crops: np.ndarray) 
     if signed:
         raise ModelError(f"int8 TFLite: layer '{signed[0]}' may be negative (the writer needs ReLU outputs)")
     model = onnx.load(str(onnx_path))
-    maxima = native_export.activation_ranges(model, names, crops, 100.0)
+    maxima = native_export.activation_ranges(model, names, crops, percentile)
     ranges = {name: (0.0, float(maxima[name].max())) for name in names}
     ranges[INPUT_NAME] = (float(crops.min()), float(crops.max()))
     return ranges
@@ -158,8 +163,8 @@ def _int8_params(w: Writer, layer: Layer, in_quant: tf.Quant) -> list:
 
 
 def quantize_tflite(fp32_tflite: Union[str, Path], fp32_onnx: Union[str, Path], crops: np.ndarray, *,
-                    pool: str = "float", description: str = "") -> bytes:
+                    pool: str = "float", percentile: float = DEFAULT_PERCENTILE, description: str = "") -> bytes:
     """``model_int8.tflite`` bytes from the fp32 files of one model directory and calibration crops."""
     lowered = read_layers(Path(fp32_tflite))
-    ranges = calibrate(lowered, fp32_onnx, crops)
+    ranges = calibrate(lowered, fp32_onnx, crops, percentile=percentile)
     return to_tflite_int8(lowered, ranges, pool=pool, description=description)

@@ -64,6 +64,19 @@ def test_int8_policy(machine, target, backend, device):
         assert "VNNI" in choice.reason
 
 
+def test_arm_prefers_litert_when_installed_and_says_why():
+    machine = Environment(ARM, None, ORT_CPU, {}, "2.3.0")
+    for precision in ("fp32", "fp16", "int8"):
+        choice = choose("arm", machine, precision=precision)
+        assert (choice.backend, choice.device) == ("litert", "CPU")
+        assert "LiteRT 2.3.0" in choice.reason and "not yet measured on ARM" in choice.reason
+    assert choose("auto", machine).backend == "litert"
+    assert choose("arm", machine, precision="bf16").backend == "onnxruntime"     # LiteRT has no bf16
+    assert choose("arm", Environment(ARM, None, None, {}, "2.3.0")).backend == "litert"   # no ORT needed
+    assert "sfpn-edge[litert]" in choose("arm", env(ARM, ort=ORT_CPU)).reason
+    assert choose("cpu", Environment(X86, ("CPU",), ORT_CPU, {}, "2.3.0")).backend == "openvino"   # x86: as before
+
+
 def test_reason_names_the_deciding_facts():
     assert "avx512_vnni" in choose("cpu", env()).reason
     assert "no XNNPACK" in choose("arm", env(ARM, ort=ORT_CPU)).reason
@@ -79,7 +92,7 @@ def test_reason_names_the_deciding_facts():
         (env(), "myriad", "removed from OpenVINO after 2022.3"),
         (env(), "tpu", "unknown target 'tpu'"),
         (env(ov=None, ort=()), "cpu", "no CPU backend is available"),
-        (env(ARM, ov=None, ort=()), "arm", "ONNX Runtime, which is not installed"),
+        (env(ARM, ov=None, ort=()), "arm", "runs on LiteRT or ONNX Runtime, neither is installed"),
     ],
 )
 def test_unavailable_targets_are_clear_errors(machine, target, message):

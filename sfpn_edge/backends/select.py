@@ -18,12 +18,14 @@ TARGETS = ("cpu", "arm", "vpu", "auto")
 
 @dataclass(frozen=True)
 class Environment:
-    """What the policy looks at. ``None`` for a library that is not importable."""
+    """What the policy looks at. ``None`` for a library that is not importable (``litert``: the
+    LiteRT version when the litert extra is installed)."""
 
     platform: platform_info.PlatformInfo
     openvino_devices: Optional[tuple] = None
     ort_providers: Optional[tuple] = None
     versions: dict = field(default_factory=dict)
+    litert: Optional[str] = None
 
     @classmethod
     def detect(cls) -> "Environment":
@@ -43,7 +45,14 @@ class Environment:
             versions["openvino"] = openvino_backend.ov.get_version()
         except (ImportError, RuntimeError):
             pass
-        return cls(platform_info.detect(), ov_devices, ort_providers, versions)
+        litert = None
+        try:
+            from sfpn_edge.backends import litert_backend
+
+            litert = versions["litert"] = litert_backend.version()
+        except ImportError:
+            pass
+        return cls(platform_info.detect(), ov_devices, ort_providers, versions, litert)
 
     def has_ov(self, family: str) -> bool:
         return any(d.split(".")[0] == family for d in self.openvino_devices or ())
@@ -53,7 +62,7 @@ class Environment:
 
     def summary(self) -> str:
         return (f"arch {self.platform.arch}, OpenVINO devices {list(self.openvino_devices or [])}, "
-                f"ONNX Runtime providers {list(self.ort_providers or [])}")
+                f"ONNX Runtime providers {list(self.ort_providers or [])}, LiteRT {self.litert or 'not installed'}")
 
 
 @dataclass(frozen=True)
@@ -67,17 +76,28 @@ class Choice:
         return {"target": self.target, "backend": self.backend, "device": self.device, "reason": self.reason}
 
 
+ARM_ORDER = ("ARM order: LiteRT (XNNPACK) > ONNX Runtime XNNPACK provider > ONNX Runtime CPU provider; "
+             "assumed, not yet measured on ARM (the ARM cost-model issue replaces it): LiteRT applies XNNPACK's "
+             "NEON kernels by default and ONNX Runtime's aarch64 PyPI wheels have no XNNPACK provider")
+LITERT_PRECISIONS = ("fp32", "fp16", "int8")
+
+
 def _arm(env: Environment, target: str, precision: str) -> Choice:
     if not env.platform.is_arm:
         raise SfpnError(f"target 'arm' needs an ARM CPU, this machine is {env.platform.arch}; "
                         f"available targets: {available_targets(env)}")
+    if env.litert is not None and precision in LITERT_PRECISIONS:
+        return Choice(target, "litert", "CPU", f"ARM CPU: LiteRT {env.litert} with the XNNPACK delegate. {ARM_ORDER}")
     if not env.has_ort("CPUExecutionProvider"):
-        raise SfpnError(f"target 'arm' runs on ONNX Runtime, which is not installed ({env.summary()})")
+        raise SfpnError(f"target 'arm' runs on LiteRT or ONNX Runtime, neither is installed ({env.summary()})")
+    litert = "" if env.litert is not None else "; LiteRT is not installed (pip install 'sfpn-edge[litert]')"
     if env.has_ort("XnnpackExecutionProvider"):
         return Choice(target, "onnxruntime", "XNNPACK",
-                      "ARM CPU: ONNX Runtime with the XNNPACK provider (NEON kernels), CPU provider fallback")
+                      f"ARM CPU: ONNX Runtime with the XNNPACK provider (NEON kernels), CPU provider fallback"
+                      f"{litert}. {ARM_ORDER}")
     return Choice(target, "onnxruntime", "CPU",
-                  "ARM CPU: ONNX Runtime CPU provider (MLAS NEON kernels); this build has no XNNPACK provider")
+                  f"ARM CPU: ONNX Runtime CPU provider (MLAS NEON kernels); this build has no XNNPACK provider"
+                  f"{litert}. {ARM_ORDER}")
 
 
 def _cpu(env: Environment, target: str, precision: str) -> Choice:
@@ -139,7 +159,7 @@ def available_targets(env: Environment) -> list:
     found = []
     if env.has_ov("CPU") or env.has_ort("CPUExecutionProvider"):
         found.append("cpu")
-    if env.platform.is_arm and env.has_ort("CPUExecutionProvider"):
+    if env.platform.is_arm and (env.has_ort("CPUExecutionProvider") or env.litert is not None):
         found.append("arm")
     if env.has_ov("NPU"):
         found.append("vpu")
