@@ -50,14 +50,17 @@ def calibrate(lowered: Lowered, onnx_path: Union[str, Path], crops: np.ndarray, 
     from sfpn_edge.converters import native_export
 
     check_crops(crops)
-    names = [layer.name for layer in lowered.layers]
     nonneg = _non_negative(lowered)
-    signed = [n for n in names if n not in nonneg]
+    signed = [layer.name for layer in lowered.layers if layer.name not in nonneg]
     if signed:
         raise ModelError(f"int8 TFLite: layer '{signed[0]}' may be negative (the writer needs ReLU outputs)")
+    copies = {layer.name: layer.inputs[0] for layer in lowered.layers
+              if layer.kind == "concat" and len(set(layer.inputs)) == 1}     # the depthwise replicas
+    names = [layer.name for layer in lowered.layers if layer.name not in copies]
     model = onnx.load(str(onnx_path))
     maxima = native_export.activation_ranges(model, names, crops, percentile)
     ranges = {name: (0.0, float(maxima[name].max())) for name in names}
+    ranges.update({copy: ranges[src] for copy, src in copies.items()})
     ranges[INPUT_NAME] = (float(crops.min()), float(crops.max()))
     return ranges
 

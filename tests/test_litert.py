@@ -108,7 +108,9 @@ def test_fp32_file_reads_back_to_the_same_layers(model_dir):
     assert again == (model_dir / "model.tflite").read_bytes()
     kinds = [layer.kind for layer in lowered.layers]
     assert kinds.count("dwconv") == 8 and kinds.count("maxpool") == 3 and kinds[-1] == "mean"
-    assert all(layer.attrs["multiplier"] == 4 for layer in lowered.layers if layer.kind == "dwconv")
+    assert all(layer.attrs["multiplier"] == 1 for layer in lowered.layers if layer.kind == "dwconv")
+    replicas = [layer for layer in lowered.layers if layer.kind == "concat" and len(set(layer.inputs)) == 1]
+    assert len(replicas) == 8 and all(len(layer.inputs) == 4 for layer in replicas)   # [x] * 4 before each
     assert all(layer.attrs["relu"] == 1 for layer in lowered.layers if layer.weight is not None)
 
 
@@ -176,7 +178,9 @@ def test_missing_package_names_the_extra(monkeypatch):
 def test_other_backends_never_import_litert(model_dir):
     script = ("import sys, numpy as np\n"
               "from sfpn_edge.embed import FaceEmbedder\n"
+              "from sfpn_edge.runtime import Runtime\n"
               f"FaceEmbedder({str(model_dir)!r}, 'onnxruntime', 'fp32').embed(np.zeros((1, 3, 113, 113), np.float32))\n"
+              "Runtime.resolve('auto')\n"
               "print(json.dumps(sorted(m for m in sys.modules if 'litert' in m)))\n")
     proc = subprocess.run([sys.executable, "-c", "import json\n" + script], capture_output=True, text=True,
                           timeout=300)

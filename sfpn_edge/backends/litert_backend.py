@@ -22,6 +22,7 @@ import numpy as np
 from ai_edge_litert import interpreter as litert
 
 from sfpn_edge.backends.base import BackendBase, TensorSpec, check_model_file
+from sfpn_edge.backends.select import litert_version
 from sfpn_edge.errors import ModelError, SfpnError
 
 MAX_MODEL_BYTES = 256 << 20
@@ -30,15 +31,6 @@ MAX_SHAPES = 8          # input shapes with interpreters kept ready; the oldest 
 
 def available_devices() -> list:
     return ["CPU"]
-
-
-def version() -> str:
-    try:
-        from importlib.metadata import version as dist_version
-
-        return dist_version("ai-edge-litert")
-    except Exception:  # not installed as a distribution (a source tree): say so, never fail
-        return "unknown"
 
 
 class LiteRtBackend(BackendBase):
@@ -122,7 +114,7 @@ class LiteRtBackend(BackendBase):
         return outputs
 
     def describe(self) -> dict:
-        return {**super().describe(), "version": version(), "xnnpack": self.xnnpack_state,
+        return {**super().describe(), "version": litert_version(), "xnnpack": self.xnnpack_state,
                 "layout": "NCHW in and out (the .tflite's NHWC tensors transposed)"}
 
     @property

@@ -45,13 +45,9 @@ class Environment:
             versions["openvino"] = openvino_backend.ov.get_version()
         except (ImportError, RuntimeError):
             pass
-        litert = None
-        try:
-            from sfpn_edge.backends import litert_backend
-
-            litert = versions["litert"] = litert_backend.version()
-        except ImportError:
-            pass
+        litert = litert_version()
+        if litert is not None:
+            versions["litert"] = litert
         return cls(platform_info.detect(), ov_devices, ort_providers, versions, litert)
 
     def has_ov(self, family: str) -> bool:
@@ -63,6 +59,19 @@ class Environment:
     def summary(self) -> str:
         return (f"arch {self.platform.arch}, OpenVINO devices {list(self.openvino_devices or [])}, "
                 f"ONNX Runtime providers {list(self.ort_providers or [])}, LiteRT {self.litert or 'not installed'}")
+
+
+def litert_version() -> Optional[str]:
+    """The installed ai-edge-litert version, found without importing it (None: not installed)."""
+    import importlib.metadata
+    import importlib.util
+
+    if importlib.util.find_spec("ai_edge_litert") is None:
+        return None
+    try:
+        return importlib.metadata.version("ai-edge-litert")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
 
 
 @dataclass(frozen=True)
