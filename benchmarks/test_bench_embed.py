@@ -2,7 +2,7 @@
 
     pytest benchmarks/test_bench_embed.py --benchmark-columns=median,iqr,min,rounds
 
-Backends: ONNX Runtime, OpenVINO and the native int8 engine, plus issue 5's baseline, a plain
+Backends: ONNX Runtime, OpenVINO and the native int8 engine (LiteRT in ``test_litert_speedup``), plus issue 5's baseline, a plain
 ``onnxruntime.InferenceSession`` with default options (``test_default_session_one_face``).
 Every row's ``extra_info`` holds p50/p95 ms per face, faces/s, peak RSS and CPU ms per face
 (process CPU time: on a shared box wall time includes waiting for a core, CPU time does not).
@@ -191,6 +191,22 @@ def test_int8_speedup(benchmark, full_dir, faces):
     fast = ["openvino_int8_1t"] + (["native_int8_1t"] if benchmark.extra_info["native_isa"] != "portable" else [])
     for name in fast:
         assert med_cpu[name] < med_cpu["ort_fp32_1t"], (name, med_cpu)
+
+
+def test_litert_speedup(benchmark, full_dir, faces):
+    """LiteRT (XNNPACK) fp32 / fp16 / int8 and ORT fp32 / int8, all at 1 thread, interleaved;
+    ``extra_info`` has each median and its speed-up over ORT fp32 (``<name>_vs_ort_fp32``)."""
+    pytest.importorskip("ai_edge_litert", reason="the litert extra is not installed")
+    from sfpn_edge.embed import FaceEmbedder
+
+    contenders = {f"{backend}_{precision}_1t": FaceEmbedder(full_dir, backend, precision, threads=1)
+                  for backend, precision in [("onnxruntime", "fp32"), ("onnxruntime", "int8"), ("litert", "fp32"),
+                                             ("litert", "fp16"), ("litert", "int8")]}
+    benchmark.group = "LiteRT vs ONNX Runtime (interleaved, 1 thread)"
+    med, _ = _interleaved(benchmark, contenders, faces[:1])
+    benchmark.extra_info.update({f"{name}_vs_ort_fp32": round(med["onnxruntime_fp32_1t"] / med[name], 2)
+                                 for name in contenders})
+    benchmark.extra_info["xnnpack"] = contenders["litert_int8_1t"].model.describe()["xnnpack"]
 
 
 @pytest.mark.parametrize("backend, precision", [("onnxruntime", "fp32"), ("onnxruntime", "int8"),

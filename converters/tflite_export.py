@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -202,9 +202,6 @@ class Writer:
         self.model.ops.append(tf.Op(kind, inputs, outputs, options))
 
 
-Constant = Callable[[Writer, str, np.ndarray], int]
-
-
 def float_constant(writer: Writer, name: str, array: np.ndarray) -> int:
     return writer.tensor(name, array.shape, tf.FLOAT32, array.astype(np.float32))
 
@@ -300,7 +297,8 @@ def read_layers(path: Path) -> Lowered:
         if kind in ("conv", "dwconv"):
             weight, bias, inputs = t[op.inputs[1]].data, t[op.inputs[2]].data, op.inputs[:1]
             attrs = {"padding": o["padding"], "stride_h": o["stride_h"], "stride_w": o["stride_w"],
-                     "dilation_h": o["dilation_h"], "dilation_w": o["dilation_w"], "relu": int(o["activation"] == tf.RELU)}
+                     "dilation_h": o["dilation_h"], "dilation_w": o["dilation_w"],
+                     "relu": int(o["activation"] == tf.RELU)}
             if kind == "dwconv":
                 attrs["multiplier"] = o["depth_multiplier"]
         elif kind in ("maxpool", "avgpool"):

@@ -45,6 +45,17 @@ def test_fetch_convert_store_then_reuse(capsys, home, dwc_mat):
     assert main(["fetch-weights", "--url", (home / "absent.mat").as_uri()]) == 0
     assert "already present" in capsys.readouterr().out
 
+    # A directory converted before the TFLite files existed gets them, from the cached weights.
+    manifest = models.load_manifest(target)
+    tflite = {name: (target / name).read_bytes() for name in manifest["files"].pop("litert").values()}
+    for name in tflite:
+        (target / name).unlink()
+    models.write_manifest(target, manifest)
+    assert main(["fetch-weights", "--url", (home / "absent.mat").as_uri()]) == 0
+    capsys.readouterr()
+    assert models.load_manifest(target)["files"]["litert"] == {"fp32": "model.tflite", "fp16": "model_fp16.tflite"}
+    assert {name: (target / name).read_bytes() for name in tflite} == tflite
+
     # --force with a bad source fails cleanly and keeps the good model.
     before = files_under(home)
     assert main(["fetch-weights", "--url", (home / "absent.mat").as_uri(), "--force"]) == 2
