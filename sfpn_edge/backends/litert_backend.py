@@ -122,6 +122,8 @@ class LiteRtBackend(BackendBase):
         """"on (N delegated partitions)", "off (builtin kernels)" or "requested, not applied"."""
         if not self.xnnpack:
             return "off (builtin kernels)"
+        if self.delegate_nodes is None:
+            return "requested (partitions not reported by this LiteRT)"
         if not self.delegate_nodes:
             return "requested, not applied"
         return f"on ({self.delegate_nodes} delegated partition{'s' if self.delegate_nodes > 1 else ''})"
@@ -149,10 +151,13 @@ def _to_nchw(array: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(array.transpose(0, 3, 1, 2)) if array.ndim == 4 else array
 
 
-def _delegate_nodes(interp) -> int:
-    """Nodes of the execution graph that a delegate (XNNPACK) took over."""
-    wrapper = interp._interpreter   # the node list is not in the public API
-    return sum(wrapper.NodeName(i) == "DELEGATE" for i in range(wrapper.NumNodes()))
+def _delegate_nodes(interp) -> Optional[int]:
+    """Delegate (XNNPACK) partitions in the execution graph; None where this LiteRT hides them."""
+    try:
+        wrapper = interp._interpreter   # the node list is not in the public API
+        return sum(wrapper.NodeName(i) == "DELEGATE" for i in range(wrapper.NumNodes()))
+    except (AttributeError, TypeError, RuntimeError):
+        return None
 
 
 def _first_line(exc: BaseException) -> str:
