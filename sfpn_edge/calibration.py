@@ -24,10 +24,10 @@ from typing import Any, Dict, List, Optional, Union
 
 import numpy as np
 
-from sfpn_edge import cache, models
+from sfpn_edge import bounded_read, cache, models
 from sfpn_edge.errors import ModelError
 
-MANIFEST_KEY = "descriptor_calibration"
+MANIFEST_KEY = models.CALIBRATION_KEY
 STANDALONE = "calibration.json"
 MEAN_FILE = "calibration_mean.npy"
 PROJECTION_FILE = "calibration_projection.npy"
@@ -181,8 +181,9 @@ def read_entry(path: PathLike, manifest: Optional[Dict[str, Any]] = None) -> Opt
         return (models.load_manifest(path) if manifest is None else manifest).get(MANIFEST_KEY)
     if (path / STANDALONE).is_file():
         try:
-            return json.loads((path / STANDALONE).read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            return bounded_read.read_json(path / STANDALONE, max_bytes=models.MANIFEST_MAX_BYTES,
+                                          max_depth=models.MANIFEST_MAX_DEPTH)
+        except (OSError, ValueError) as exc:
             raise ModelError(f"{path / STANDALONE}: unreadable calibration ({exc})") from None
     if not path.is_dir():
         raise ModelError(f"{path}: no such calibration or model directory")
@@ -237,14 +238,14 @@ def _read_npy(folder: Path, name: Any, where: str) -> np.ndarray:
 
 def baked_file(model_dir: PathLike, backend: str) -> Optional[Path]:
     """The model file with the calibration folded in for ``backend`` (fp32), if one was baked."""
-    entry = read_entry(model_dir) or {}
-    name = (entry.get("baked") or {}).get(backend)
+    manifest = models.load_manifest(model_dir)
+    name = ((manifest.get(MANIFEST_KEY) or {}).get("baked") or {}).get(backend)
     if not name:
         return None
     path = Path(model_dir) / name
     if Path(name).name != name or not path.is_file():
         raise ModelError(f"{model_dir}: the calibration lists baked file {name!r}, but it is missing")
-    return path
+    return models.verify_file(path, manifest)
 
 
 def resolve_calibration(calibration: Union[bool, None, PathLike, Calibration], model_dir: PathLike,

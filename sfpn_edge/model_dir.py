@@ -66,7 +66,7 @@ class ModelDir:
         keys = registry.get(backend).file_keys(precision, device)
         for family, prec in keys:
             if prec in files.get(family, {}):
-                return models.model_file(self.path, family, prec, files=files)
+                return models.model_file(self.path, family, prec, manifest=self.manifest)
         family = keys[-1][0]
         if family not in files:
             raise ModelError(f"{self.path}: no model for backend '{backend}' (has: {', '.join(sorted(files))})")

@@ -130,6 +130,9 @@ def test_model_directory_problems_are_model_errors(model_dir, tmp_path):
     with pytest.raises(ModelError, match="file is missing"):
         FaceEmbedder(broken)
     (broken / "model.onnx").write_bytes(b"\x08\x01junk")
+    with pytest.raises(ModelError, match="model.onnx: sha256 .* differs from the manifest"):
+        FaceEmbedder(broken)
+    models.write_manifest(broken, models.load_manifest(broken))  # a manifest that vouches for the junk
     with pytest.raises(ModelError, match="cannot load model.onnx"):
         FaceEmbedder(broken)
     manifest = json.loads((broken / "manifest.json").read_text())

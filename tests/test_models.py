@@ -27,13 +27,14 @@ def test_manifest_contents(model_dir):
     assert manifest["descriptor_dim"] == 1000 and manifest["source_sha256"] == models.WEIGHTS_SHA256
     assert manifest["files"] == {"onnxruntime": {"fp32": "model.onnx"},
                                  "openvino": {"fp32": "model.xml", "fp16": "model_fp16.xml"},
-                                 "openvino_static": {"fp32": "model_static.xml"}}
+                                 "openvino_static": {"fp32": "model_static.xml"},
+                                 "litert": {"fp32": "model.tflite", "fp16": "model_fp16.tflite"}}
     assert manifest["source_file"].endswith(".mat") and manifest["created"].endswith("+00:00")
 
 
 def test_model_file(model_dir):
     assert models.model_file(model_dir, "openvino", "fp16") == model_dir / "model_fp16.xml"
-    with pytest.raises(ModelError, match="no model for backend 'tflite' \\(has: onnxruntime, openvino"):
+    with pytest.raises(ModelError, match="no model for backend 'tflite' \\(has: litert, onnxruntime, openvino"):
         models.model_file(model_dir, "tflite")
     with pytest.raises(ModelError, match="no int8 model for onnxruntime \\(has: fp32\\)"):
         models.model_file(model_dir, "onnxruntime", "int8")
