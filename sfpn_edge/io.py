@@ -37,8 +37,8 @@ from sfpn_edge import bounded_read
 from sfpn_edge.errors import ImageError
 
 MAX_FILE_BYTES = 64 * 1024 * 1024
-MAX_PIXELS = 40_000_000  # decoded pixels kept in memory per image (≈ 120 MB as BGR)
-MAX_COEF_BYTES = 3 * MAX_PIXELS  # whole-image DCT coefficients libjpeg may buffer (≈ 120 MB)
+MAX_PIXELS = 24_000_000  # decoded pixels kept in memory per image (≈ 72 MB as BGR)
+MAX_COEF_BYTES = 120_000_000  # whole-image DCT coefficients libjpeg may buffer (a 40 MP colour JPEG)
 
 ImageSource = Union[str, os.PathLike, bytes, bytearray, memoryview]
 

@@ -216,3 +216,36 @@ def test_survey_command(mtcnn_dir, cfp_root, capsys, tmp_path):
         assert list(data["frontal_sources"]) == ["detected", "detected"]
     assert main(["--cfp", str(cfp_root.parent), "--model-dir", str(mtcnn_dir)]) == 2
     assert "not a CFP root" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("tile", [1_000, 3_000])
+def test_pnet_strips_give_the_cells_of_one_run(detector, cfp_root, monkeypatch, tile):
+    """Strips overlapping by 10 columns, even starts: identical faces to P-Net over whole levels."""
+    from sfpn_edge.detect import mtcnn
+
+    images = [read_image(cfp_root / "Data" / "Images" / f"{n}.jpg") for n in CFP_FRONTAL + CFP_PROFILE[:2]]
+    whole = [detector.detect(im) for im in images]
+    monkeypatch.setattr(mtcnn, "PNET_TILE_PIXELS", tile)
+    for im, ref in zip(images, whole):
+        assert im.shape[0] * im.shape[1] * 0.36 > 2 * tile  # the first levels really are split
+        got = detector.detect(im)
+        assert len(got) == len(ref) > 0
+        for a, b in zip(got, ref):
+            assert a.box == b.box and a.score == b.score and np.array_equal(a.landmarks, b.landmarks)
+
+
+def test_huge_photos_are_detected_on_a_shrunk_copy(detector, cfp_root, monkeypatch):
+    """Above DETECT_MAX_PIXELS the boxes found on the shrunk copy come back in the photo's pixels."""
+    from sfpn_edge.detect import policy
+
+    image = read_image(cfp_root / "Data" / "Images" / "001" / "frontal" / "01.jpg")
+    big = cv2.resize(image, None, fx=3.0, fy=3.0, interpolation=cv2.INTER_CUBIC)
+    ref = find_face(detector, image).face
+    calls = []
+    real = detector.detect
+    monkeypatch.setattr(detector, "detect", lambda im: calls.append(im.shape) or real(im))
+    monkeypatch.setattr(policy, "DETECT_MAX_PIXELS", image.shape[0] * image.shape[1])
+    found = find_face(detector, big)
+    assert calls and calls[0][0] * calls[0][1] <= image.shape[0] * image.shape[1]
+    np.testing.assert_allclose(found.face.box, np.multiply(ref.box, 3.0), rtol=0, atol=12.0)
+    np.testing.assert_allclose(found.face.landmarks, ref.landmarks * 3.0, atol=12.0)

@@ -81,6 +81,23 @@ def pad_image(image: np.ndarray, fraction: float, mode: str = "replicate") -> tu
     return cv2.copyMakeBorder(image, dy, dy, dx, dx, PAD_MODES[mode], value=0), (dx, dy)
 
 
+def shrink_image(image: np.ndarray, max_pixels: float) -> tuple:
+    """``image`` shrunk (area interpolation) to at most ``max_pixels``; return (image, factor), where
+    coordinates in the shrunk image times ``factor`` are coordinates in ``image`` (1.0: unchanged)."""
+    h, w = image.shape[:2]
+    if h * w <= max_pixels:
+        return image, 1.0
+    factor = (h * w / max_pixels) ** 0.5
+    size = (max(1, int(w / factor)), max(1, int(h / factor)))
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA), w / size[0]
+
+
+def scale_face(face: Face, factor: float) -> Face:
+    """``face`` with its box and landmarks multiplied by ``factor`` (shrunk image -> original)."""
+    marks = None if face.landmarks is None else (face.landmarks * factor).astype(np.float32)
+    return Face(tuple(float(v) * factor for v in face.box), face.score, marks)
+
+
 def shift_face(face: Face, dx: float, dy: float) -> Face:
     """``face`` moved by (-dx, -dy): from padded-image back to original-image coordinates."""
     x0, y0, x1, y1 = face.box

@@ -26,6 +26,11 @@ from sfpn_edge.kernels.nms import nms
 from sfpn_edge.runtime import Runtime
 
 PNET_CELL, PNET_STRIDE = 12, 2
+PNET_TILE_PIXELS = 250_000
+"""P-Net runs on pyramid levels in vertical strips of about this many input pixels, so its memory
+stays ~15 MB whatever the photo's size (its first layer alone holds 40 bytes per input pixel).
+Strips overlap by the 10 columns a cell shares with its neighbour and start on even columns, so
+the cells are exactly those of one run over the whole level."""
 BATCH = 128  # R-Net / O-Net crops per backend call
 
 
@@ -113,7 +118,7 @@ class MTCNN:
         for scale in self.scales(height, width):
             size = (math.ceil(width * scale), math.ceil(height * scale))
             level = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
-            reg, prob = _split(self.pnet.run(_normalize(level[None])), (4, 2), "P-Net")
+            reg, prob = self._pnet(level)
             score = prob[0, :, :, 1]  # [x, y] cells (transposed input)
             xs, ys = np.nonzero(score >= self.thresholds[0])
             if not len(xs):
@@ -128,6 +133,22 @@ class MTCNN:
         boxes = np.concatenate(found)
         # The regression is relative to each window, so NMS runs on the windows, as in MTCNN.
         return _square(boxes[nms(_windows(boxes), 0.7, "union")])
+
+    def _pnet(self, level: np.ndarray) -> list:
+        """P-Net's (regression, probability) cells [1, x, y, c] for one level, strip by strip."""
+        width = level.shape[1]
+        cols = max(PNET_TILE_PIXELS // level.shape[0], 2 * PNET_CELL) & ~1
+        overlap = PNET_CELL - PNET_STRIDE
+        parts, x0 = [], 0
+        while True:
+            x1 = width if width - (x0 + cols) < PNET_CELL else x0 + cols
+            parts.append(_split(self.pnet.run(_normalize(level[None, :, x0:x1])), (4, 2), "P-Net"))
+            if x1 == width:
+                break
+            x0 = x1 - overlap
+        if len(parts) == 1:
+            return parts[0]
+        return [np.concatenate([part[i] for part in parts], axis=1) for i in (0, 1)]
 
     # -- stage 2: R-Net re-scores and refines
     def _refine(self, rgb: np.ndarray, boxes: np.ndarray) -> np.ndarray:

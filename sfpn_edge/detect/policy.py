@@ -8,6 +8,10 @@ face box (``Detection.source`` says so, so callers can count it), "error" raises
 The default retry border, 25 % replicated edge pixels, is the best measured on the CFP images
 the protocols use (``python -m sfpn_edge.evaluate.detection_survey``): of the 79 profiles MTCNN misses
 as given, it rescues 44, a black border 38, 50 % borders 39-41.
+
+Huge photos are detected on a shrunk copy (``DETECT_MAX_PIXELS``) and the boxes scaled back, so
+a 100 MP photo costs what an 8 MP one does; the padded retry, which looks for faces that fill
+the frame, runs on a copy of at most ``RETRY_MAX_PIXELS``.
 """
 from __future__ import annotations
 
@@ -17,11 +21,18 @@ from typing import Callable, Dict, Iterable, Optional
 import numpy as np
 
 from sfpn_edge.align import whole_image_box
-from sfpn_edge.detect import PAD_MODES, Detector, Face, check_image, pad_image, shift_face
+from sfpn_edge.detect import PAD_MODES, Detector, Face, check_image, pad_image, scale_face, shift_face, shrink_image
 from sfpn_edge.errors import ImageError, SfpnError
 
 RETRY_PAD = 0.25
 """Border added for the second try (fraction of the image's height/width on each side)."""
+DETECT_MAX_PIXELS = 8_000_000
+"""Detection input cap. A 12 MP photo is shrunk 1.22x, so MTCNN's smallest face (20 px) becomes
+24 px of the original, still far below the 113 px the model sees; a 100 MP one 3.5x (faces under
+71 px lost). Detection time grows with the pixels: 1.3 s for 8 MP without a face (one thread,
+retry included, on the 2-core Xeon of the bench table)."""
+RETRY_MAX_PIXELS = 1_000_000
+"""The padded retry looks for a face that fills the frame: at 1 MP such a face is still ~1000 px."""
 SOURCES = ("detected", "padded", "whole-image")
 FALLBACKS = ("whole-image", "error")
 PICKS: Dict[str, Callable[[Face], float]] = {
@@ -62,11 +73,13 @@ def find_face(
         raise SfpnError(f"retry_pad must be None or a fraction in [0, 2], got {retry_pad!r}")
     if pad_mode not in PAD_MODES:
         raise SfpnError(f"pad_mode must be one of {sorted(PAD_MODES)}, got {pad_mode!r}")
-    faces = detector.detect(image)
+    view, factor = shrink_image(image, DETECT_MAX_PIXELS)
+    faces = [scale_face(f, factor) for f in detector.detect(view)] if factor != 1.0 else detector.detect(image)
     source = "detected"
     if not faces and retry_pad:
-        padded, (dx, dy) = pad_image(image, retry_pad, pad_mode)
-        faces = [shift_face(f, dx, dy) for f in detector.detect(padded)]
+        view, factor = shrink_image(image, RETRY_MAX_PIXELS)
+        padded, (dx, dy) = pad_image(view, retry_pad, pad_mode)
+        faces = [scale_face(shift_face(f, dx, dy), factor) for f in detector.detect(padded)]
         source = "padded"
     if faces:
         return Detection(max(faces, key=PICKS[pick]), source, len(faces))
