@@ -39,6 +39,7 @@ from sfpn_edge.errors import ImageError
 MAX_FILE_BYTES = 64 * 1024 * 1024
 MAX_PIXELS = 40_000_000  # decoded pixels kept in memory per image (≈ 120 MB as BGR)
 MAX_COEF_BYTES = 3 * MAX_PIXELS  # whole-image DCT coefficients libjpeg may buffer (≈ 120 MB)
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})  # what folders of photos are searched for
 
 ImageSource = Union[str, os.PathLike, bytes, bytearray, memoryview]
 
