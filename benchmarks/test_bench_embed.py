@@ -41,6 +41,7 @@ def calibration(cfp_root, request) -> np.ndarray:  # noqa: F811
 def graph_dirs(model_dir, dwc_mat, calibration, tmp_path_factory) -> dict:  # noqa: F811
     """One int8-quantized model directory per export form, same weights and calibration crops."""
     from sfpn_edge.converters import quantize
+    from sfpn_edge.converters.calibration_data import CalibrationSet
     from sfpn_edge.converters.layergraph import build_graph, read_mat
     from sfpn_edge.converters.onnx_export import export_onnx
     from sfpn_edge.converters.openvino_export import export_openvino
@@ -52,7 +53,7 @@ def graph_dirs(model_dir, dwc_mat, calibration, tmp_path_factory) -> dict:  # no
         shutil.copytree(model_dir, out)
         export_onnx(graph, out / "model.onnx", rewrite=form)
         export_openvino(out / "model.onnx", out)
-        quantize.quantize_model_dir(out, calibration, f"CFP fiducial-box crops, {len(calibration)} images")
+        quantize.quantize_model_dir(out, CalibrationSet(calibration, {"scheme": "cfp", "source": f"CFP fiducial-box crops, {len(calibration)} images"}))
         dirs[form] = out
     return dirs
 

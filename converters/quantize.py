@@ -18,8 +18,10 @@ fix. Later convs read sparse post-ReLU activations and do not saturate (the int8
 float-simulated QDQ graph; tested); 7 bits in every conv (``reduce_range``) cost 0.7 point of
 CFP-FP. VNNI (vpdpbusd) and ARM SDOT/UDOT accumulate in int32: no such saturation.
 
-Calibration crops come from face images (e.g. CFP, see ``converters.calibration_data``); their
-source and count are recorded in the manifest under ``calibration``. Conversion-only
+Calibration crops are a ``calibration_data.CalibrationSet``: by default the authors' three example
+crops with deterministic augmentations (no dataset; what ``fetch-weights`` and ``convert`` use),
+else the user's photos or CFP. Every int8 file is calibrated on the same set; its scheme, source
+and count and how each file was made are recorded in the manifest under ``calibration``. Conversion-only
 dependencies (onnx, onnxruntime.quantization, nncf) are imported inside the functions.
 """
 from __future__ import annotations
@@ -34,7 +36,8 @@ import numpy as np
 
 from sfpn_edge import models
 from sfpn_edge.converters import native_export, tflite_quantize
-from sfpn_edge.converters.calibration_data import calibration_crops, cfp_calibration_samples, check_crops
+from sfpn_edge.converters.calibration_data import (CalibrationSet, calibration_crops, cfp_calibration_samples,
+                                                   check_crops, example_calibration)
 from sfpn_edge.errors import SfpnError
 
 ORT_INT8 = "model_int8.onnx"
@@ -158,13 +161,11 @@ def quantize_openvino(fp32_model: Path, out_xml: Path, crops: np.ndarray, *,
     return "qdq-onnx"
 
 
-def quantize_model_dir(model_dir: Path, crops: np.ndarray, source: str, *, use_nncf: Optional[bool] = None) -> dict:
-    """Add int8 models for ONNX Runtime, OpenVINO, the native engine and LiteRT to ``model_dir`` and
-    record them in its manifest.
-
-    ``source`` says where the calibration crops came from (recorded with their count).
-    """
+def quantize_model_dir(model_dir: Path, calibration: CalibrationSet, *, use_nncf: Optional[bool] = None) -> dict:
+    """Add int8 models for ONNX Runtime, OpenVINO, the native engine and LiteRT, all calibrated on
+    ``calibration``, to ``model_dir`` and record them in its manifest."""
     model_dir = Path(model_dir)
+    crops, source = calibration.crops, calibration.record["source"]
     manifest = models.load_manifest(model_dir)
     h, w = manifest["input_size"]
     check_crops(crops)
@@ -172,7 +173,7 @@ def quantize_model_dir(model_dir: Path, crops: np.ndarray, source: str, *, use_n
         raise ValueError(f"calibration crops must be [N, 3, {h}, {w}], got {crops.shape}")
     fp32_onnx = models.model_file(model_dir, "onnxruntime", "fp32")
     files = manifest["files"]
-    record = {"source": source, "count": int(len(crops)), "method": "minmax",
+    record = {**calibration.record, "count": int(len(crops)), "method": "minmax",
               "onnxruntime": "QDQ, per-channel int8 weights (7-bit in the first conv), uint8 activations"}
     # Build in a private temp dir, then move into place: a failure leaves the directory as it was.
     with tempfile.TemporaryDirectory(dir=model_dir, prefix=".quantize-") as tmp:
@@ -203,25 +204,36 @@ def quantize_model_dir(model_dir: Path, crops: np.ndarray, source: str, *, use_n
     if "litert" in record:
         files["litert"]["int8"] = tflite_quantize.INT8_FILE
     manifest["calibration"] = record
-    models.write_manifest(model_dir, manifest)
+    models.write_manifest(model_dir, manifest).chmod(0o644)  # a model dir is shared
     return manifest
 
 
+def cfp_calibration(cfp_root: Path, size: int, mean: Sequence[float], count: int = 200) -> CalibrationSet:
+    """``count`` CFP fiducial-box crops (research reference; CFP is never needed at run time)."""
+    samples = cfp_calibration_samples(cfp_root, count)
+    crops = calibration_crops(samples, size, mean)
+    return CalibrationSet(crops, {"scheme": "cfp", "source": f"CFP fiducial-box crops (+30 %), {len(crops)} images "
+                                                             f"({sum('profile' in str(s.path) for s in samples)} profile)"})
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """``python -m sfpn_edge.converters.quantize MODEL_DIR --cfp CFP_ROOT [--count N]``."""
+    """``python -m sfpn_edge.converters.quantize MODEL_DIR (--examples DIR | --cfp CFP_ROOT [--count N])``."""
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m sfpn_edge.converters.quantize",
-                                     description="Add int8 models, calibrated on CFP face crops, to a model directory.")
+                                     description="Add int8 models to a model directory, calibrated on the authors' "
+                                                 "example crops (augmented) or on CFP face crops.")
     parser.add_argument("model_dir", type=Path)
-    parser.add_argument("--cfp", type=Path, required=True, help="CFP root (Data/, Protocol/)")
-    parser.add_argument("--count", type=int, default=200, help="calibration images (default 200)")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--examples", type=Path, metavar="DIR", help="folder with the authors' image_example1..3.png")
+    source.add_argument("--cfp", type=Path, help="CFP root (Data/, Protocol/)")
+    parser.add_argument("--count", type=int, default=200, help="CFP calibration images (default 200)")
     args = parser.parse_args(argv)
     manifest = models.load_manifest(args.model_dir)
-    samples = cfp_calibration_samples(args.cfp, args.count)
-    crops = calibration_crops(samples, manifest["input_size"][0], manifest["mean"])
-    manifest = quantize_model_dir(args.model_dir, crops, f"CFP fiducial-box crops (+30 %), {len(crops)} images "
-                                  f"({sum('profile' in str(s.path) for s in samples)} profile)")
+    size, mean = manifest["input_size"][0], manifest["mean"]
+    calibration = (example_calibration(args.examples, size, mean) if args.examples is not None
+                   else cfp_calibration(args.cfp, size, mean, args.count))
+    manifest = quantize_model_dir(args.model_dir, calibration)
     print(json.dumps({"files": manifest["files"], "calibration": manifest["calibration"]}, indent=2))
     return 0
 

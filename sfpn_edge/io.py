@@ -39,6 +39,7 @@ from sfpn_edge.errors import ImageError
 MAX_FILE_BYTES = 64 * 1024 * 1024
 MAX_PIXELS = 24_000_000  # decoded pixels kept in memory per image (≈ 72 MB as BGR)
 MAX_COEF_BYTES = 120_000_000  # whole-image DCT coefficients libjpeg may buffer (a 40 MP colour JPEG)
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})  # what folders of photos are searched for
 
 ImageSource = Union[str, os.PathLike, bytes, bytearray, memoryview]
 

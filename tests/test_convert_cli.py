@@ -34,11 +34,14 @@ def assert_clean_failure(code, out, err, out_dir, message):
 def test_convert_json_without_rewrite(capsys, tmp_path, dwc_mat, model_dir):
     out_dir = tmp_path / "plain"
     code, out, err = run_cli(capsys, dwc_mat, "--out", out_dir, "--no-rewrite", "--json")
-    assert code == 0 and err == ""
+    assert code == 0 and "Traceback" not in err  # stderr: NNCF's progress
     result = json.loads(out)
     assert result["depthwise_rewrite"] is False and result["variant"] == "dwc" and result["seconds"] > 0
     assert set(result["sizes"]) == {"model.onnx", "model.xml", "model_fp16.xml", "model_static.xml", "model.tflite",
-                                    "model_fp16.tflite"}
+                                    "model_fp16.tflite", "model_int8.onnx", "model_int8.xml", "model_native_int8.npz",
+                                    "model_int8.tflite"}
+    # int8 without a dataset: the authors' example crops beside SRC.mat, augmented
+    assert result["int8"]["calibration"]["scheme"] == "example-augmented" == result["calibration"]["scheme"]
     assert 2.5e6 < result["sizes"]["model.onnx"] < 3.2e6 and result["sizes"]["model_fp16.xml"] < 1.8e6
     manifest = models.load_manifest(out_dir)
     assert manifest["source_sha256"] == models.WEIGHTS_SHA256 and manifest["source_file"] == dwc_mat.name
@@ -53,7 +56,7 @@ def test_convert_human_output_and_replaces_model_dir(capsys, tmp_path, dwc_mat, 
     out_dir = tmp_path / "m"
     shutil.copytree(model_dir, out_dir)
     monkeypatch.setattr(convert_module, "read_mat", lambda path: synthetic_layergraph("base", seed=1))
-    code, out, err = run_cli(capsys, dwc_mat, "--out", out_dir)        # an existing model dir is replaced
+    code, out, err = run_cli(capsys, dwc_mat, "--out", out_dir, "--no-int8")  # an existing model dir is replaced
     assert code == 0 and err == ""
     assert out.startswith(f"converted {dwc_mat.name} (base, ") and "model.onnx" in out
     assert models.load_manifest(out_dir)["variant"] == "base"

@@ -53,7 +53,8 @@ def test_fetch_convert_store_then_reuse(capsys, home, dwc_mat):
     models.write_manifest(target, manifest)
     assert main(["fetch-weights", "--url", (home / "absent.mat").as_uri()]) == 0
     capsys.readouterr()
-    assert models.load_manifest(target)["files"]["litert"] == {"fp32": "model.tflite", "fp16": "model_fp16.tflite"}
+    assert models.load_manifest(target)["files"]["litert"] == {"fp32": "model.tflite", "fp16": "model_fp16.tflite",
+                                                               "int8": "model_int8.tflite"}  # int8 rebuilt too
     assert {name: (target / name).read_bytes() for name in tflite} == tflite
 
     # --force with a bad source fails cleanly and keeps the good model.
@@ -85,3 +86,78 @@ def test_api_error_type(home, tmp_path):
     with pytest.raises(SfpnError, match="cannot download"):
         fetch_weights((tmp_path / "nothing.mat").as_uri())
     assert files_under(home) == []
+
+
+def test_fetch_writes_int8_without_a_dataset_then_native_int8_verify_works(capsys, home, dwc_mat, mtcnn_dir):
+    """fetch-weights from a local file (the example crops beside it, as in the authors' repository):
+    ORT / OpenVINO int8 and the native plan appear, calibrated on the augmented example crops."""
+    assert main(["fetch-weights", "--url", dwc_mat.as_uri(), "--json"]) == 0
+    (item,) = json.loads(capsys.readouterr().out)["fetched"]
+    record = item["int8"]["calibration"]
+    assert record["scheme"] == "example-augmented" and record["count"] == 3 * 64 and "no dataset" in record["source"]
+    target = models.default_model_dir()
+    manifest = models.load_manifest(target)
+    assert manifest["calibration"] == record and {"onnxruntime", "openvino", "native"} <= set(record)
+    for backend in ("onnxruntime", "openvino", "native"):
+        assert models.model_file(target, backend, "int8").is_file()
+    assert (target / "manifest.json").stat().st_mode & 0o777 == 0o644
+    crop = dwc_mat.parent / "image_example1.png"
+    assert main(["verify", str(crop), str(crop), "--backend", "native", "--precision", "int8",
+                 "--detector-weights", str(mtcnn_dir), "--threads", "1", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["same"] is True and result["score"] > 0.999
+    other = dwc_mat.parent / "image_example2.png"
+    assert main(["verify", str(crop), str(other), "--backend", "native", "--precision", "int8",
+                 "--detector-weights", str(mtcnn_dir), "--threads", "1", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["same"] is False
+
+
+def test_missing_example_crops_keep_fp32_and_say_why(capsys, home, tmp_path, dwc_mat):
+    lone = tmp_path / "lone" / dwc_mat.name
+    lone.parent.mkdir()
+    lone.write_bytes(dwc_mat.read_bytes())
+    assert main(["fetch-weights", "--url", lone.as_uri()]) == 0
+    out = capsys.readouterr().out
+    assert "int8 not built" in out and "image_example1.png" in out and "--calibration-images" in out
+    files = models.load_manifest(models.default_model_dir())["files"]
+    assert "int8" not in files["onnxruntime"] and "native" not in files
+    assert main(["fetch-weights", "--url", lone.as_uri(), "--no-int8", "--force"]) == 0
+    assert "int8" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("content, message", [
+    ({}, "no images"),
+    ({"notes.txt": b"hello"}, "no images"),
+    ({f"{i}.png": None for i in range(3)}, "faces found in 0 of 3 images"),
+])
+def test_bad_calibration_images_exit_2_and_store_nothing(capsys, home, tmp_path, dwc_mat, mtcnn_dir, content, message):
+    import cv2
+    import numpy as np
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name, data in content.items():
+        if data is None:  # a valid image without a face
+            cv2.imwrite(str(folder / name), np.full((120, 160, 3), 90, np.uint8))
+        else:
+            (folder / name).write_bytes(data)
+    assert main(["fetch-weights", "--url", dwc_mat.as_uri(), "--calibration-images", str(folder),
+                 "--detector-weights", str(mtcnn_dir)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err and "--calibration-images" in err, err
+    assert not models.default_model_dir().exists()
+
+
+def test_calibration_images_use_the_users_photos(capsys, home, dwc_mat, mtcnn_dir, cfp_root, tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for person in range(1, 11):
+        src = cfp_root / "Data" / "Images" / f"{person:03d}" / "frontal" / "01.jpg"
+        (photos / f"{person}.jpg").write_bytes(src.read_bytes())
+    (photos / "blank.png").write_bytes((dwc_mat.parent / "LICENSE.txt").read_bytes())  # not an image: skipped
+    assert main(["fetch-weights", "--url", dwc_mat.as_uri(), "--calibration-images", str(photos),
+                 "--detector-weights", str(mtcnn_dir), "--json"]) == 0
+    record = models.load_manifest(models.default_model_dir())["calibration"]
+    assert record["scheme"] == "user-photos" and record["count"] == 20  # 10 faces + mirrored copies
+    assert "10 photos" in record["source"] and "1 without a face" in record["source"]
+    assert json.loads(capsys.readouterr().out)["fetched"][0]["int8"]["calibration"] == record

