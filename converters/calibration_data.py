@@ -116,7 +116,7 @@ def photo_calibration(folder: Path, spec: align.CropSpec, detector, limit: int =
         raise SfpnError(f"--calibration-images {folder}: no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
     if len(paths) > limit:
         paths = [paths[i] for i in np.linspace(0, len(paths) - 1, limit).astype(int)]
-    images, matrices, skipped = [], [], 0
+    faces, skipped = [], 0  # cropped one photo at a time: only the crops are kept in memory
     for path in paths:
         try:
             image = read_image(path)
@@ -124,14 +124,13 @@ def photo_calibration(folder: Path, spec: align.CropSpec, detector, limit: int =
         except (ImageError, SfpnError):
             skipped += 1
             continue
-        images.append(image)
-        matrices.append(spec.matrix(det.face.box))
-    if len(images) < MIN_PHOTO_FACES:
-        raise SfpnError(f"--calibration-images {folder}: faces found in {len(images)} of {len(paths)} images; "
+        faces.append(spec.crop([image], [spec.matrix(det.face.box)], flip=True))
+    if len(faces) < MIN_PHOTO_FACES:
+        raise SfpnError(f"--calibration-images {folder}: faces found in {len(faces)} of {len(paths)} images; "
                         f"int8 calibration needs at least {MIN_PHOTO_FACES}")
-    crops = spec.crop(images, matrices, flip=True)
+    crops = np.concatenate(faces)
     return CalibrationSet(crops, {"scheme": "user-photos", "count": int(len(crops)),
-                                  "source": f"{len(images)} photos from {folder} ({skipped} without a face "
+                                  "source": f"{len(faces)} photos from {folder} ({skipped} without a face "
                                             f"skipped), {getattr(detector, 'name', 'detector')} crop "
                                             f"+{spec.margin:.0%}, with mirrored copies"})
 
