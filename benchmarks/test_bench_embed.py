@@ -21,6 +21,8 @@ import time
 import numpy as np
 import pytest
 
+from sfpn_edge import models
+
 
 PRECISIONS = [("onnxruntime", "fp32"), ("onnxruntime", "int8"), ("openvino", "fp32"),
               ("openvino", "fp16"), ("openvino", "bf16"), ("openvino", "int8"), ("native", "int8")]
@@ -53,6 +55,7 @@ def graph_dirs(model_dir, dwc_mat, calibration, tmp_path_factory) -> dict:  # no
         shutil.copytree(model_dir, out)
         export_onnx(graph, out / "model.onnx", rewrite=form)
         export_openvino(out / "model.onnx", out)
+        models.write_manifest(out, models.load_manifest(out))  # the manifest vouches for the new graphs
         quantize.quantize_model_dir(out, CalibrationSet(calibration, {"scheme": "cfp", "source": f"CFP fiducial-box crops, {len(calibration)} images"}))
         dirs[form] = out
     return dirs
