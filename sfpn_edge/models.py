@@ -119,9 +119,13 @@ def listed_files(manifest: Dict[str, Any]) -> List[str]:
              for n in family.values()]
     baked = (manifest.get(CALIBRATION_KEY) or {}).get("baked") or {}
     names += list(baked.values()) if isinstance(baked, dict) else []
-    names = [n for n in names if isinstance(n, str) and n and Path(n).name == n]
-    names += [str(Path(n).with_suffix(".bin")) for n in names if n.endswith(".xml")]
-    return sorted(set(names))
+    plain = [Path(n) for n in names if isinstance(n, str) and n and Path(n).name == n]
+    return sorted({part.name for n in plain for part in _with_weights(n)})
+
+
+def _with_weights(path: Path) -> tuple:
+    """``path`` and, for an OpenVINO IR ``.xml``, the ``.bin`` that holds its weights."""
+    return (path, path.with_suffix(".bin")) if path.suffix == ".xml" else (path,)
 
 
 _VERIFIED: Dict[tuple, str] = {}  # (path, device, inode, size, mtime) -> the sha256 it was checked against
@@ -133,7 +137,7 @@ def verify_file(path: Path, manifest: Dict[str, Any]) -> Path:
     digests = manifest.get(DIGESTS)
     if digests is None:
         return path
-    for part in (path, path.with_suffix(".bin")) if path.suffix == ".xml" else (path,):
+    for part in _with_weights(path):
         expected = digests.get(part.name)
         if expected is None:
             raise ModelError(f"{part}: the manifest records no sha256 for it; re-convert the model")

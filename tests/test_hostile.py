@@ -212,8 +212,12 @@ def _swap_onnx(ctx: Ctx) -> Path:
     return model
 
 
+def _args(argv: List) -> List:
+    return [a if isinstance(a, bytes) else str(a) for a in argv]  # bytes: a non-UTF-8 argument as is
+
+
 def run_cli(argv: List, timeout: float = 120.0) -> subprocess.CompletedProcess:
-    args = [sys.executable, "-m", "sfpn_edge"] + [a if isinstance(a, bytes) else str(a) for a in argv]
+    args = [sys.executable, "-m", "sfpn_edge"] + _args(argv)
     return subprocess.run(args, capture_output=True, text=True, errors="backslashreplace", timeout=timeout,
                           env=_env())
 
@@ -244,8 +248,7 @@ def run_limited(argv: List, tmp: Path):
     """Run the CLI; return (exit status, stdout, stderr, seconds, peak RSS in MB). A case over the
     time limit is killed (status None)."""
     report = tmp / "report.json"
-    args = [sys.executable, "-c", _LAUNCHER, str(ADDRESS_LIMIT), str(report)]
-    args += [a if isinstance(a, bytes) else str(a) for a in argv]
+    args = [sys.executable, "-c", _LAUNCHER, str(ADDRESS_LIMIT), str(report)] + _args(argv)
     start = time.monotonic()
     with open(tmp / "stdout", "w+b") as out, open(tmp / "stderr", "w+b") as err:
         proc = subprocess.Popen(args, stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=_env(),

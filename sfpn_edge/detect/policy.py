@@ -74,7 +74,7 @@ def find_face(
     if pad_mode not in PAD_MODES:
         raise SfpnError(f"pad_mode must be one of {sorted(PAD_MODES)}, got {pad_mode!r}")
     view, factor = shrink_image(image, DETECT_MAX_PIXELS)
-    faces = [scale_face(f, factor) for f in detector.detect(view)] if factor != 1.0 else detector.detect(image)
+    faces = [scale_face(f, factor) for f in detector.detect(view)]
     source = "detected"
     if not faces and retry_pad:
         view, factor = shrink_image(image, RETRY_MAX_PIXELS)
