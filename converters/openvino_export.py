@@ -4,6 +4,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Dict
 
+from sfpn_edge.backends.registry import pip_hint
+from sfpn_edge.errors import SfpnError
+
 FP32_XML = "model.xml"
 FP16_XML = "model_fp16.xml"
 STATIC_XML = "model_static.xml"   # batch 1, fp32 weights: NPU plugins need static shapes
@@ -11,7 +14,10 @@ STATIC_XML = "model_static.xml"   # batch 1, fp32 weights: NPU plugins need stat
 
 def export_openvino(onnx_path: Path, out_dir: Path) -> Dict[str, str]:
     """Write the three IR variants next to each other; returns {variant: xml file name}."""
-    import openvino as ov
+    try:
+        import openvino as ov
+    except ImportError:
+        raise SfpnError(f"writing the OpenVINO IR needs OpenVINO: {pip_hint('openvino')}") from None
 
     out_dir = Path(out_dir)
     model = ov.convert_model(str(onnx_path))

@@ -22,7 +22,7 @@ register(BackendSpec(
     summary="ONNX Runtime, CPU provider (XNNPACK where the build has it)"))
 register(BackendSpec(
     "openvino", "sfpn_edge.backends.openvino_backend:OpenVinoBackend", ("fp32", "fp16", "bf16", "int8"),
-    precision_files={"bf16": "fp32"}, static_files="openvino_static", static_devices=("NPU",),
+    precision_files={"bf16": "fp32"}, static_files="openvino_static", static_devices=("NPU",), extra="openvino",
     summary="OpenVINO on CPU, GPU, NPU or AUTO (bf16: inference hint on the fp32 IR)"))
 register(BackendSpec(
     "native", "sfpn_edge.backends.native_backend:NativeBackend", ("int8",), graph_backend="onnxruntime",

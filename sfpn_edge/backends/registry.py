@@ -56,7 +56,7 @@ class BackendSpec:
         try:
             importlib.import_module(self.module)
         except ImportError as exc:
-            hint = f"; install it with pip install 'sfpn-edge[{self.extra}]'" if self.extra else ""
+            hint = f"; install it with {pip_hint(self.extra)}" if self.extra else ""
             return f"{self.name} is not installed ({exc.name or exc}){hint}"
         return None
 
@@ -81,6 +81,11 @@ class BackendSpec:
         if precision in self.precision_files:
             keys.append((family, self.precision_files[precision]))
         return keys
+
+
+def pip_hint(extra: str) -> str:
+    """The command that installs the pip extra ``extra``."""
+    return f"pip install 'sfpn-edge[{extra}]'"
 
 
 _REGISTRY: Registry[BackendSpec] = Registry("backend")

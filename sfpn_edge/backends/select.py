@@ -11,6 +11,7 @@ from typing import Optional
 
 from sfpn_edge import platform_info
 from sfpn_edge.backends.base import MYRIAD_GONE
+from sfpn_edge.backends.registry import pip_hint
 from sfpn_edge.errors import SfpnError
 
 TARGETS = ("cpu", "arm", "vpu", "auto")
@@ -99,7 +100,7 @@ def _arm(env: Environment, target: str, precision: str) -> Choice:
         return Choice(target, "litert", "CPU", f"ARM CPU: LiteRT {env.litert} with the XNNPACK delegate. {ARM_ORDER}")
     if not env.has_ort("CPUExecutionProvider"):
         raise SfpnError(f"target 'arm' runs on LiteRT or ONNX Runtime, neither is installed ({env.summary()})")
-    litert = "" if env.litert is not None else "; LiteRT is not installed (pip install 'sfpn-edge[litert]')"
+    litert = "" if env.litert is not None else f"; LiteRT is not installed ({pip_hint('litert')})"
     if env.has_ort("XnnpackExecutionProvider"):
         return Choice(target, "onnxruntime", "XNNPACK",
                       f"ARM CPU: ONNX Runtime with the XNNPACK provider (NEON kernels), CPU provider fallback"
@@ -123,9 +124,10 @@ def _cpu(env: Environment, target: str, precision: str) -> Choice:
                       f"{env.platform.arch} CPU ({features}): OpenVINO's CPU plugin (oneDNN, JIT-compiled "
                       f"for this ISA){int8}")
     if env.has_ort("CPUExecutionProvider"):
+        why = (f"OpenVINO is not installed ({pip_hint('openvino')})" if env.openvino_devices is None
+               else "OpenVINO CPU device unavailable")
         return Choice(target, "onnxruntime", "CPU",
-                      f"{env.platform.arch} CPU ({features}): OpenVINO CPU device unavailable, "
-                      "using ONNX Runtime's CPU provider")
+                      f"{env.platform.arch} CPU ({features}): {why}, using ONNX Runtime's CPU provider")
     raise SfpnError(f"no CPU backend is available ({env.summary()})")
 
 
@@ -134,7 +136,7 @@ def _vpu(env: Environment, target: str, precision: str) -> Choice:
         return Choice(target, "openvino", "NPU",
                       "OpenVINO NPU device (Intel VPU line) found; the model is compiled with a static batch")
     if env.openvino_devices is None:
-        raise SfpnError("target 'vpu' needs OpenVINO, which is not installed; "
+        raise SfpnError(f"target 'vpu' needs OpenVINO, which is not installed ({pip_hint('openvino')}); "
                         f"available targets: {available_targets(env)}")
     raise SfpnError(f"target 'vpu' needs the OpenVINO NPU device, not present here (OpenVINO devices: "
                     f"{list(env.openvino_devices)}; {MYRIAD_GONE}); available targets: {available_targets(env)}")
