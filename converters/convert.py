@@ -43,9 +43,7 @@ def write_model_dir(graph: Graph, out_dir: PathLike, *, source_sha256: str, sour
     directory is refused (never clobber what is not ours).
     """
     out_dir = Path(out_dir)
-    if out_dir.is_file() or (out_dir.is_dir() and any(out_dir.iterdir())
-                             and not (out_dir / models.MANIFEST).is_file()):
-        raise SfpnError(f"refusing to replace {out_dir}: it exists and is not a model directory")
+    models.check_replaceable(out_dir)
     try:
         return _write(graph, out_dir, source_sha256, source_name, depthwise_rewrite)
     except OSError as exc:

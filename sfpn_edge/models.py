@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
 
 from sfpn_edge import bounded_read, cache
-from sfpn_edge.errors import ModelError
+from sfpn_edge.errors import ModelError, SfpnError
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -65,6 +65,12 @@ _OPTIONAL = {DIGESTS: (dict, _digests, "{file: sha256 hex digest}")}
 def default_model_dir() -> Path:
     """Where ``fetch-weights`` stores the default model: <cache home>/models/squeezefaceposenet-dwc."""
     return cache.home() / "models" / DEFAULT_MODEL
+
+
+def check_replaceable(out_dir: Path) -> None:
+    """SfpnError unless ``out_dir`` is absent, empty or a model directory (never clobber what is not ours)."""
+    if out_dir.is_file() or (out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / MANIFEST).is_file()):
+        raise SfpnError(f"refusing to replace {out_dir}: it exists and is not a model directory")
 
 
 def validate_manifest(manifest: Any, where: str = "manifest") -> Dict[str, Any]:

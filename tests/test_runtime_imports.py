@@ -15,6 +15,7 @@ RUNTIME_MODULES = [
     "sfpn_edge.models",
     "sfpn_edge.samples",
     "sfpn_edge.backends.select",
+    "sfpn_edge.bundle_install",
     "sfpn_edge.cli",
 ]
 OPTIONAL = ["onnx", "matio", "matplotlib", "rich", "scipy", "nncf", "pandas", "pytest"]

@@ -18,6 +18,7 @@ from sfpn_edge.errors import SfpnError
 COMMANDS = [
     "convert",
     "fetch_weights",
+    "bundle",
     "verify",
     "embed",
     "enroll",

