@@ -82,6 +82,16 @@ def test_round_trip_on_a_machine_without_converters(bundle_tar, model_dir, mtcnn
     assert json.loads(proc.stdout)["same"] is True
 
 
+@pytest.mark.parametrize("suffix", [".tgz", ".tar.bz2"])
+def test_every_compression_round_trips(suffix, model_dir, home, tmp_path):
+    out = tmp_path / f"sfpn{suffix}"
+    assert main(["bundle", str(model_dir), str(out), "--no-detector"]) == 0
+    assert out.read_bytes()[:3] == (b"BZh" if suffix == ".tar.bz2" else b"\x1f\x8b\x08")
+    assert main(["fetch-weights", "--bundle", str(out), "--out", str(tmp_path / "installed")]) == 0
+    assert contents(tmp_path / "installed") == contents(model_dir)
+    assert not (home / "detectors").exists()
+
+
 def test_installing_imports_no_converter_and_no_mat_io(bundle_tar, tmp_path):
     code = ("import json, sys\nfrom sfpn_edge.cli import main\n"
             f"rc = main(['fetch-weights', '--bundle', {str(bundle_tar)!r}, '--json'])\n"
