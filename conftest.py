@@ -78,3 +78,32 @@ def mtcnn_dir(tmp_path_factory, request) -> Path:
             pass
     dest = tmp_path_factory.mktemp("sfpn-home") / "detectors" / "mtcnn"
     return weights.fetch_mtcnn(dest, source=request.getfixturevalue("mtcnn_sdist"))
+
+
+@pytest.fixture(scope="session")
+def mediapipe_wheel(tmp_path_factory) -> Path:
+    """The mediapipe wheel holding BlazeFace: $SFPN_MEDIAPIPE_WHEEL (offline copy) or `pip download`."""
+    from sfpn_edge.detect import blazeface_weights, weights
+
+    if os.environ.get("SFPN_MEDIAPIPE_WHEEL"):
+        return Path(os.environ["SFPN_MEDIAPIPE_WHEEL"])
+    try:
+        return blazeface_weights.download_wheel(tmp_path_factory.mktemp("mediapipe-wheel"))
+    except weights.DownloadError as exc:
+        pytest.skip(f"cannot obtain the mediapipe wheel (set SFPN_MEDIAPIPE_WHEEL to a local copy): {exc}")
+
+
+@pytest.fixture(scope="session")
+def blazeface_dir(tmp_path_factory, request) -> Path:
+    """Verified BlazeFace nets: the $SFPN_EDGE_HOME cache's when it holds them, else fetched into a temp dir."""
+    from sfpn_edge.detect import blazeface_weights
+    from sfpn_edge.errors import ModelError
+
+    if os.environ.get("SFPN_EDGE_HOME"):
+        try:
+            blazeface_weights.verified_files()
+            return blazeface_weights.default_dir()
+        except ModelError:
+            pass
+    dest = tmp_path_factory.mktemp("sfpn-home") / "detectors" / "blazeface"
+    return blazeface_weights.fetch_blazeface(dest, source=request.getfixturevalue("mediapipe_wheel"))

@@ -25,6 +25,18 @@ def verifier(model_dir, mtcnn_dir):  # noqa: F811
 
 
 @pytest.fixture(scope="module")
+def verifiers(model_dir, mtcnn_dir, blazeface_dir):  # noqa: F811
+    """One FaceVerifier per detector, all at one thread."""
+    from sfpn_edge.detect.registry import make_detector
+    from sfpn_edge.pipeline import FaceVerifier
+    from sfpn_edge.runtime import Runtime
+
+    rt = Runtime.resolve("onnxruntime", threads=1)
+    return {name: FaceVerifier(model_dir, runtime=rt, detector=make_detector(name, weights, rt))
+            for name, weights in (("mtcnn", mtcnn_dir), ("blazeface", blazeface_dir))}
+
+
+@pytest.fixture(scope="module")
 def photos(cfp_root):  # noqa: F811
     a = cfp_root / "Data" / "Images" / "001" / "frontal" / "01.jpg"
     b = cfp_root / "Data" / "Images" / "001" / "frontal" / "02.jpg"
@@ -110,3 +122,38 @@ def test_gallery_enroll_transaction(benchmark, tmp_path):
     with FaceGallery(tmp_path / "g.db", model_sha256="0" * 64, dim=1000) as g:
         emb = rng.random((5, 1000), np.float32)
         benchmark(g.enroll, "ada", emb)
+
+
+@pytest.mark.parametrize("detector", ["mtcnn", "blazeface"])
+def test_verify_per_detector(benchmark, verifiers, photos, detector):
+    a, b = (cv2.imread(str(p)) for p in photos["cfp"])
+    result = benchmark(verifiers[detector].verify, a, b)
+    benchmark.extra_info["stages_ms"] = {k: round(v, 3) for k, v in result.timings_ms.items()}
+    assert result.same
+
+
+def test_default_detector_speed_ratio(benchmark, verifiers, cfp_root):
+    """Issue 15's target: the default detector's photo pair <= 0.35x MTCNN's, interleaved A/B
+    (pairs alternate between the two verifiers; medians of per-pair times over 10 CFP pairs)."""
+    import time
+
+    from sfpn_edge.detect.registry import DEFAULT
+
+    images = cfp_root / "Data" / "Images"
+    pairs = [tuple(cv2.imread(str(images / f"{i:03d}" / kind / "01.jpg")) for kind in ("frontal", "profile"))
+             for i in range(1, 11)]
+    times = {"mtcnn": [], DEFAULT: []}
+
+    def interleaved():
+        for a, b in pairs:
+            for name in times:
+                start = time.perf_counter()
+                verifiers[name].verify(a, b)
+                times[name].append(time.perf_counter() - start)
+
+    benchmark.pedantic(interleaved, rounds=3, warmup_rounds=1)
+    ratio = float(np.median(times[DEFAULT]) / np.median(times["mtcnn"]))
+    benchmark.extra_info.update({"ratio_default_vs_mtcnn": round(ratio, 3), "default": DEFAULT,
+                                 **{f"{k}_median_ms": round(float(np.median(v)) * 1e3, 2) for k, v in times.items()}})
+    if not benchmark.disabled:          # smoke runs (--benchmark-disable) time one noisy round only
+        assert ratio <= 0.35, f"{DEFAULT} pair takes {ratio:.2f}x MTCNN's"

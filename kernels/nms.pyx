@@ -1,7 +1,8 @@
-"""Greedy non-maximum suppression over [N, 5] float32 boxes (x0, y0, x1, y1, score), as MTCNN uses.
+"""Greedy non-maximum suppression over [N, 5] float32 boxes (x0, y0, x1, y1, score).
 
-Convention (classic MTCNN): corners are inclusive pixels, so a box is x1 - x0 + 1 wide and
-y1 - y0 + 1 high. Boxes are visited by score, best first (equal scores: lower index first); a box
+``nms`` is MTCNN's: corners are inclusive pixels, so a box is x1 - x0 + 1 wide and y1 - y0 + 1
+high. ``nms_clusters`` is the same greedy pass on continuous coordinates (width x1 - x0) that also
+says which kept box suppressed each box, for weighted NMS (BlazeFace blends each cluster). Boxes are visited by score, best first (equal scores: lower index first); a box
 is dropped when its overlap with an already kept box exceeds ``threshold``. Overlap is
 intersection / union (``mode="union"``, IoU) or intersection / smaller area (``mode="min"``).
 """
@@ -13,8 +14,8 @@ from libc.stdint cimport int64_t
 cnp.import_array()
 
 cdef extern from "nms_c.h" nogil:
-    size_t sfpn_nms_sorted(const float *b, size_t n, float threshold, int use_min, float *area,
-                           unsigned char *dead, int64_t *keep)
+    size_t sfpn_nms_sorted(const float *b, size_t n, float threshold, int use_min, float edge,
+                           float *area, unsigned char *dead, int64_t *keep, int64_t *owner)
 
 MODES = ("union", "min")
 
@@ -25,6 +26,20 @@ def nms(boxes, threshold, mode="union"):
     ``boxes``: float32 [N, 5] C-contiguous, finite, with x1 >= x0 and y1 >= y0; N may be 0.
     ``threshold``: overlap in [0, 1] above which a lower-scored box is suppressed.
     """
+    return _greedy(boxes, threshold, mode, 1.0, False)[0]
+
+
+def nms_clusters(boxes, threshold, mode="union"):
+    """(kept, owner): the indices NMS keeps (best score first) and, for every box, the index of
+    the kept box that suppressed it (its own index when kept), on continuous coordinates.
+
+    Same input rules as :func:`nms`; owner[i] is the first kept box overlapping box i above
+    ``threshold``, i.e. the cluster weighted NMS merges it into.
+    """
+    return _greedy(boxes, threshold, mode, 0.0, True)
+
+
+def _greedy(boxes, threshold, mode, float edge, bint with_owner):
     if not isinstance(boxes, np.ndarray):
         raise ValueError(f"boxes must be a numpy array, got {type(boxes).__name__}")
     if boxes.dtype != np.float32:
@@ -50,13 +65,23 @@ def nms(boxes, threshold, mode="union"):
     area = np.empty(n, np.float32)
     dead = np.zeros(n, np.uint8)
     keep = np.empty(n, np.int64)
+    owner = np.empty(n, np.int64)
     cdef cnp.float32_t[:, ::1] b = ranked
     cdef cnp.float32_t[::1] a = area
     cdef unsigned char[::1] dd = dead
     cdef int64_t[::1] kp = keep
+    cdef int64_t[::1] ow = owner
     cdef float thr = threshold
     cdef int use_min = mode == "min"
+    cdef int64_t *owner_ptr = NULL
     if n:
+        if with_owner:
+            owner_ptr = &ow[0]
         with nogil:
-            kept = sfpn_nms_sorted(&b[0, 0], n, thr, use_min, &a[0], &dd[0], &kp[0])
-    return order[keep[:kept]].astype(np.int64)
+            kept = sfpn_nms_sorted(&b[0, 0], n, thr, use_min, edge, &a[0], &dd[0], &kp[0], owner_ptr)
+    kept_index = order[keep[:kept]].astype(np.int64)
+    if not with_owner:
+        return kept_index, None
+    owners = np.empty(n, np.int64)
+    owners[order] = order[owner]
+    return kept_index, owners

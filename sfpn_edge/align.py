@@ -72,16 +72,17 @@ def _continuous_to_index(a: np.ndarray, t: np.ndarray) -> np.ndarray:
     return np.hstack([a, (a @ np.full(2, 0.5) + t - 0.5)[:, None]])
 
 
-def box_matrix(box: Sequence[float], margin: float, size: int = SIZE) -> np.ndarray:
+def box_matrix(box: Sequence[float], margin: float, size: int = SIZE, shift: float = 0.0) -> np.ndarray:
     """Image -> crop matrix (2, 3) float64: the square of side max(w, h) * (1 + margin) centred on
-    ``box`` = (x0, y0, x1, y1) becomes the ``size`` x ``size`` crop."""
+    ``box`` = (x0, y0, x1, y1), moved down by ``shift`` times its side, becomes the ``size`` x ``size`` crop."""
     try:
         x0, y0, x1, y1 = (float(v) for v in box)
-        margin = float(margin)
+        margin, shift = float(margin), float(shift)
     except (TypeError, ValueError):
-        raise ValueError(f"box must be 4 numbers (x0, y0, x1, y1) and margin a number, got {box!r}, {margin!r}") from None
-    if not np.isfinite([x0, y0, x1, y1, margin]).all():
-        raise ValueError(f"box and margin must be finite, got {box!r}, {margin!r}")
+        raise ValueError(f"box must be 4 numbers (x0, y0, x1, y1), margin and shift numbers, got {box!r}, "
+                         f"{margin!r}, {shift!r}") from None
+    if not np.isfinite([x0, y0, x1, y1, margin, shift]).all():
+        raise ValueError(f"box, margin and shift must be finite, got {box!r}, {margin!r}, {shift!r}")
     if not (x1 > x0 and y1 > y0):
         raise ValueError(f"box must have x1 > x0 and y1 > y0, got {box!r}")
     if margin <= -1.0:
@@ -90,7 +91,7 @@ def box_matrix(box: Sequence[float], margin: float, size: int = SIZE) -> np.ndar
         raise ValueError(f"size must be a positive integer, got {size!r}")
     side = max(x1 - x0, y1 - y0) * (1.0 + margin)
     s = size / side
-    left, top = (x0 + x1 - side) / 2.0, (y0 + y1 - side) / 2.0
+    left, top = (x0 + x1 - side) / 2.0, (y0 + y1 - side) / 2.0 + shift * side
     return _continuous_to_index(np.eye(2) * s, np.array([-s * left, -s * top]))
 
 
@@ -181,25 +182,32 @@ def crop_batch(
 
 @dataclass(frozen=True)
 class CropSpec:
-    """How a model wants its faces framed: input ``size``, ``mean`` (R, G, B) and the box ``margin``.
+    """How a model wants its faces framed: input ``size``, ``mean`` (R, G, B), the box ``margin`` and
+    the centre ``shift`` (down, in crop sides).
 
     The one crop path: a box (detector face, dataset fiducials' bounds, or the whole image) ->
-    :func:`box_matrix` -> :func:`crop_batch`. ``ModelDir.crop_spec(detector)`` gives the margin
+    :func:`box_matrix` -> :func:`crop_batch`. ``ModelDir.crop_spec(detector)`` gives the framing
     measured for that detector.
     """
 
     size: int = SIZE
     mean: Tuple[float, float, float] = MEAN_RGB
     margin: float = 0.0
+    shift: float = 0.0
 
     def with_margin(self, margin: float) -> "CropSpec":
         if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not 0.0 <= margin <= 2.0:
             raise ValueError(f"margin must be in [0, 2], got {margin!r}")
         return replace(self, margin=float(margin))
 
+    def with_shift(self, shift: float) -> "CropSpec":
+        if isinstance(shift, bool) or not isinstance(shift, (int, float)) or not -0.5 <= shift <= 0.5:
+            raise ValueError(f"shift must be in [-0.5, 0.5], got {shift!r}")
+        return replace(self, shift=float(shift))
+
     def matrix(self, box: Sequence[float]) -> np.ndarray:
-        """The image -> crop map for ``box`` (square of side max(w, h) * (1 + margin), centred)."""
-        return box_matrix(box, self.margin, self.size)
+        """The image -> crop map for ``box`` (square of side max(w, h) * (1 + margin), centred, shifted)."""
+        return box_matrix(box, self.margin, self.size, self.shift)
 
     def crop(self, images: Sequence[np.ndarray], matrices: Sequence[np.ndarray], *, image_index=None,
              flip: bool = False, threads: Optional[int] = None) -> np.ndarray:

@@ -1,11 +1,11 @@
-"""Model bundles: a converted model directory (and the MTCNN nets) in one tar archive, so a device
-never converts (no mat-io, onnx or OpenVINO there).
+"""Model bundles: a converted model directory (and the detector nets) in one tar archive, so a
+device never converts or downloads (no mat-io, onnx, OpenVINO or pip there).
 
-    make_bundle(model_dir, "sfpn.tar.gz", detector_dir)     # desktop: ``sfpn-edge bundle``
-    install_bundle("sfpn.tar.gz", dest, detector_dest)      # device: ``fetch-weights --bundle``
+    make_bundle(model_dir, "sfpn.tar.gz", {"blazeface": dir, "mtcnn": dir})  # desktop: ``sfpn-edge bundle``
+    install_bundle("sfpn.tar.gz", dest)                      # device: ``fetch-weights --bundle``
 
 Layout: ``bundle.json`` first, then ``model/<file>`` for every file of the model directory and
-``detectors/mtcnn/<file>`` for the nets. ``bundle.json`` records each member's size and sha256 and
+``detectors/<name>/<file>`` for each detector's verified nets (``DETECTORS``). ``bundle.json`` records each member's size and sha256 and
 the source weights' sha256. Installing is in ``sfpn_edge.bundle_install``.
 """
 from __future__ import annotations
@@ -24,15 +24,20 @@ from pathlib import Path
 from typing import Any, BinaryIO, Callable, Dict, List, Optional, Tuple
 
 from sfpn_edge import __version__, bounded_read, cache, models
-from sfpn_edge.detect import weights
+from sfpn_edge.detect import blazeface_weights, weights
 from sfpn_edge.errors import ModelError, SfpnError
+
+DETECTORS: Dict[str, Tuple[Callable[[Optional[Path]], Dict[str, Path]], Callable[[], Path]]] = {
+    "mtcnn": (weights.net_paths, weights.default_dir),        # (verified files of a dir, cache dir)
+    "blazeface": (blazeface_weights.verified_files, blazeface_weights.default_dir),
+}
 
 FORMAT = "sfpn-edge-bundle"
 VERSION = 1
 BUNDLE_JSON = "bundle.json"
 MODEL_PREFIX = "model/"
-DETECTOR_PREFIX = "detectors/mtcnn/"
-MEMBER_NAME = re.compile(r"(model|detectors/mtcnn)/[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+DETECTOR_PREFIX = "detectors/"
+MEMBER_NAME = re.compile(r"(model|detectors/(mtcnn|blazeface))/[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 MEMBER_MAX_BYTES = 64 << 20
 MAX_MEMBERS = 256
 JSON_MAX_BYTES = 1 << 20
@@ -54,26 +59,25 @@ def codec_for(out: Path) -> Optional[str]:
     raise SfpnError(f"{out}: a bundle's name ends in {', '.join(SUFFIXES)}")
 
 
-def make_bundle(model_dir: Path, out: Path, detector_dir: Optional[Path] = None) -> Dict[str, Any]:
+def make_bundle(model_dir: Path, out: Path, detectors: Optional[Dict[str, Path]] = None) -> Dict[str, Any]:
     """Write ``out`` (atomically) from the files of ``model_dir``, checked against its manifest's
-    digests, and the verified nets in ``detector_dir``; returns what was written."""
+    digests, and the verified nets of each ``detectors`` entry (name -> dir); returns what was written."""
     model_dir, out = Path(model_dir), Path(out)
     codec = codec_for(out)
     manifest = models.load_manifest(model_dir)
     if out.resolve().parent == model_dir.resolve():
         raise SfpnError(f"{out}: write the bundle outside the model directory")
     members = _model_members(model_dir, manifest)
-    if detector_dir is not None:
-        paths = weights.net_paths(detector_dir)
-        nets = [*paths.values(), Path(detector_dir) / weights.RECORD]
-        members += [(DETECTOR_PREFIX + p.name, _read(p)) for p in nets]
+    for name, folder in sorted((detectors or {}).items()):
+        nets = [*DETECTORS[name][0](Path(folder)).values(), Path(folder) / weights.RECORD]
+        members += [(f"{DETECTOR_PREFIX}{name}/{p.name}", _read(p)) for p in nets]
     doc = {"format": FORMAT, "version": VERSION, "sfpn_edge": __version__, "variant": manifest["variant"],
            "source_sha256": manifest["source_sha256"],
            "files": {name: {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()} for name, data in members}}
     _write_tar(out, codec, [(BUNDLE_JSON, (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode()), *members])
     return {"bundle": str(out), "sha256": cache.sha256_file(out), "bytes": out.stat().st_size,
             "files": sorted(doc["files"]), "source_sha256": doc["source_sha256"],
-            "detector": detector_dir is not None}
+            "detectors": sorted(detectors or {})}
 
 
 def _model_members(model_dir: Path, manifest: Dict[str, Any]) -> List[Tuple[str, bytes]]:

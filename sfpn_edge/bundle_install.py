@@ -19,9 +19,8 @@ from pathlib import Path
 from typing import Any, BinaryIO, Dict, Optional
 
 from sfpn_edge import bounded_read, cache, models
-from sfpn_edge.bundle import (BUNDLE_JSON, CODECS, DETECTOR_PREFIX, FORMAT, JSON_MAX_BYTES, MAX_MEMBERS,
-                              MEMBER_MAX_BYTES, MEMBER_NAME, MODEL_PREFIX, VERSION)
-from sfpn_edge.detect import weights
+from sfpn_edge.bundle import (BUNDLE_JSON, CODECS, DETECTOR_PREFIX, DETECTORS, FORMAT, JSON_MAX_BYTES,
+                              MAX_MEMBERS, MEMBER_MAX_BYTES, MEMBER_NAME, MODEL_PREFIX, VERSION)
 from sfpn_edge.errors import ModelError, SfpnError
 
 HEADROOM = 64 << 10
@@ -50,9 +49,9 @@ class _Capped:
         return data
 
 
-def install_bundle(bundle: Path, model_dest: Path, detector_dest: Optional[Path] = None) -> Dict[str, Any]:
-    """Install ``bundle``'s model into ``model_dest`` and its nets (if any) into ``detector_dest``
-    (default: the cache's); ModelError, with nothing stored, for a bad bundle."""
+def install_bundle(bundle: Path, model_dest: Path, detector_dests: Optional[Dict[str, Path]] = None) -> Dict[str, Any]:
+    """Install ``bundle``'s model into ``model_dest`` and each detector's nets it holds into
+    ``detector_dests[name]`` (default: the cache's); ModelError, with nothing stored, for a bad bundle."""
     bundle, model_dest = Path(bundle), Path(model_dest)
     models.check_replaceable(model_dest)
     try:
@@ -64,7 +63,8 @@ def install_bundle(bundle: Path, model_dest: Path, detector_dest: Optional[Path]
             stream = _Capped(stack.enter_context(CODECS[codec][1](raw, "rb")) if codec else raw,
                              JSON_MAX_BYTES + HEADROOM)
             archive = stack.enter_context(tarfile.open(fileobj=stream, mode="r|"))
-            return _install(bundle, archive, stream, stack, model_dest, Path(detector_dest or weights.default_dir()))
+            dests = {name: Path((detector_dests or {}).get(name) or default()) for name, (_, default) in DETECTORS.items()}
+            return _install(bundle, archive, stream, stack, model_dest, dests)
     except bounded_read.LimitError as exc:
         raise ModelError(f"{bundle}: {exc}; nothing was stored") from None
     except FileNotFoundError:
@@ -74,7 +74,7 @@ def install_bundle(bundle: Path, model_dest: Path, detector_dest: Optional[Path]
 
 
 def _install(bundle: Path, archive: tarfile.TarFile, stream: _Capped, stack: contextlib.ExitStack,
-             model_dest: Path, detector_dest: Path) -> Dict[str, Any]:
+             model_dest: Path, detector_dests: Dict[str, Path]) -> Dict[str, Any]:
     members = iter(archive)
     first = next(members, None)
     if first is None or first.name != BUNDLE_JSON or not first.isreg() or first.size > JSON_MAX_BYTES:
@@ -83,8 +83,9 @@ def _install(bundle: Path, archive: tarfile.TarFile, stream: _Capped, stack: con
     listed: Dict[str, Dict[str, Any]] = doc["files"]
     stream.allow(sum(e["size"] for e in listed.values()) + HEADROOM * (len(listed) + 1))
     dirs = {MODEL_PREFIX: stack.enter_context(cache.atomic_dir(model_dest))}
-    if any(name.startswith(DETECTOR_PREFIX) for name in listed):
-        dirs[DETECTOR_PREFIX] = stack.enter_context(cache.atomic_dir(detector_dest))
+    held = sorted({name.split("/")[1] for name in listed if name.startswith(DETECTOR_PREFIX)})
+    for name in held:
+        dirs[f"{DETECTOR_PREFIX}{name}/"] = stack.enter_context(cache.atomic_dir(detector_dests[name]))
     seen = set()
     for member in members:
         entry = _check_member(bundle, member, listed, seen)
@@ -103,10 +104,10 @@ def _install(bundle: Path, archive: tarfile.TarFile, stream: _Capped, stack: con
         raise ModelError(f"{bundle}: its model was converted from other weights than {BUNDLE_JSON} says")
     for name in models.listed_files(manifest):
         models.verify_file(dirs[MODEL_PREFIX] / name, manifest)
-    if DETECTOR_PREFIX in dirs:
-        weights.net_paths(dirs[DETECTOR_PREFIX])
+    for name in held:
+        DETECTORS[name][0](dirs[f"{DETECTOR_PREFIX}{name}/"])
     return {"bundle": str(bundle), "sha256": cache.sha256_file(bundle), "model_dir": str(model_dest),
-            "detector_dir": str(detector_dest) if DETECTOR_PREFIX in dirs else None, "files": len(seen),
+            "detector_dirs": {name: str(detector_dests[name]) for name in held}, "files": len(seen),
             "source_sha256": doc["source_sha256"], "authors_weights": doc["source_sha256"] == models.WEIGHTS_SHA256}
 
 
@@ -142,7 +143,7 @@ def _check_member(bundle: Path, member: tarfile.TarInfo, listed: Dict[str, Dict[
     if not member.isreg():
         raise ModelError(f"{bundle}: member {name} is not a regular file (device, FIFO or folder); refused")
     if not MEMBER_NAME.fullmatch(member.name):
-        raise ModelError(f"{bundle}: member {name} is not a plain model/ or detectors/mtcnn/ file name "
+        raise ModelError(f"{bundle}: member {name} is not a plain model/ or detectors/<name>/ file name "
                          "(path traversal?); refused, nothing was stored")
     if member.name in seen:
         raise ModelError(f"{bundle}: member {name} appears twice; refused, nothing was stored")

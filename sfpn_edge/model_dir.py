@@ -2,7 +2,7 @@
 
     model = ModelDir()                                  # the cache's default model (fetch-weights)
     model.file("openvino", "int8")                      # the file a backend opens for a precision
-    model.crop_spec("mtcnn")                            # size, mean and the margin measured for MTCNN
+    model.crop_spec("mtcnn")                            # size, mean, margin and shift measured for MTCNN
     model.operating_points("mtcnn", flip=False).at(1e-3)
     model.calibration()                                 # the stored descriptor calibration, or None
 
@@ -91,10 +91,20 @@ class ModelDir:
         declared = detectors.get(detector).margin if detector in detectors.names() else None
         return float(self.manifest["crop_margin"] if declared is None else declared)
 
+    def shift(self, detector: str = thresholds.DEFAULT_DETECTOR) -> float:
+        """How far the crop's centre moves down from the box centre for faces from ``detector``, in
+        crop sides: the manifest's ``crop_shifts`` entry, else the detector's declared shift, else 0."""
+        own = self.manifest.get("crop_shifts") or {}
+        if detector in own:
+            return float(own[detector])
+        from sfpn_edge.detect import registry as detectors
+
+        return detectors.get(detector).shift if detector in detectors.names() else 0.0
+
     def crop_spec(self, detector: str = thresholds.DEFAULT_DETECTOR, margin: Optional[float] = None) -> align.CropSpec:
         """How this model frames faces from ``detector`` (``margin`` overrides the measured one)."""
         spec = align.CropSpec(self.input_size[0], self.mean, 0.0)
-        return spec.with_margin(self.margin(detector) if margin is None else margin)
+        return spec.with_margin(self.margin(detector) if margin is None else margin).with_shift(self.shift(detector))
 
     def operating_points(self, detector: str = thresholds.DEFAULT_DETECTOR, flip: bool = False,
                          calibration=None) -> thresholds.OperatingPoints:

@@ -1,6 +1,7 @@
 """FaceVerifier: photos in, decision out (decode -> detect -> crop -> embed -> score).
 
-    verifier = FaceVerifier()                          # default model, MTCNN, FAR = 1e-3
+    verifier = FaceVerifier()                          # default model, BlazeFace, FAR = 1e-3
+    verifier = FaceVerifier(detector="mtcnn")          # any registered detector, or a Detector object
     result = verifier.verify("a.jpg", "b.jpg")
     result.same, result.score, result.threshold, result.timings_ms
 
@@ -9,9 +10,9 @@ with a 25 % border, which finds faces that fill the whole frame. No face at all 
 ``ImageError("<image>: no face found")``. Several faces: the largest box is used
 (``face_policy="largest"``, the default) or ``ImageError`` is raised (``face_policy="error"``).
 
-Crop: a square of side max(w, h) of the detector box, enlarged by ``margin`` (default: the
-model directory's margin for the detector, 0.10 for our MTCNN boxes), centred, warped to the
-model's input size by the alignment kernel (``ModelDir.crop_spec``); with ``flip=True`` the
+Crop: a square of side max(w, h) of the detector box, enlarged by ``margin`` and moved down by
+``shift`` sides (default: the framing measured for the detector: MTCNN 0.10 / 0, BlazeFace
+0.30 / -0.06), warped to the model's input size by the alignment kernel (``ModelDir.crop_spec``); with ``flip=True`` the
 mirrored crop is embedded too and the two descriptors are summed. ``crop_faces`` / ``FaceVerifier.embed_faces`` are the same code path the
 CFP end-to-end evaluation calls, so its numbers measure this pipeline.
 
@@ -41,6 +42,7 @@ from sfpn_edge import align, thresholds
 from sfpn_edge.calibration import Calibration, gallery_key, resolve_calibration
 from sfpn_edge.detect import Detector, Face, check_image
 from sfpn_edge.detect.policy import RETRY_PAD, Detection, find_face
+from sfpn_edge.detect import registry as detectors
 from sfpn_edge.detect.registry import make_detector
 from sfpn_edge.embed import FaceEmbedder
 from sfpn_edge.errors import ImageError, ModelError, SfpnError
@@ -115,7 +117,7 @@ class FaceVerifier:
         device: Optional[str] = None,
         threads: Optional[int] = None,
         runtime: Optional[Runtime] = None,
-        detector: Union[Detector, str] = "mtcnn",
+        detector: Union[Detector, str] = detectors.DEFAULT,
         detector_weights: Union[str, Path, None] = None,
         margin: Optional[float] = None,
         flip: bool = False,
@@ -202,6 +204,7 @@ class FaceVerifier:
             "model": self.embedder.describe(),
             "detector": self.detector_name,
             "margin": self.margin,
+            "shift": self.crop_spec.shift,
             "flip": self.flip,
             "face_policy": self.face_policy,
             "threshold": self._threshold,

@@ -64,9 +64,11 @@ def test_bundle_lists_every_file_with_its_sha256(bundle_tar, model_dir, mtcnn_di
     assert again.read_bytes() == bundle_tar.read_bytes()   # reproducible: fixed metadata
 
 
-def test_round_trip_on_a_machine_without_converters(bundle_tar, model_dir, mtcnn_dir, tmp_path, cfp_root):
+def test_round_trip_on_a_machine_without_converters(bundle_tar, model_dir, mtcnn_dir, blazeface_dir, tmp_path,
+                                                    cfp_root):
     gz = tmp_path / "sfpn.tar.xz"
-    assert main(["bundle", str(model_dir), str(gz), "--detector-weights", str(mtcnn_dir)]) == 0
+    assert main(["bundle", str(model_dir), str(gz), "--detector-weights", str(mtcnn_dir),
+                 "--detector-weights", str(blazeface_dir)]) == 0
     home = tmp_path / "pi-cache"
     env = hiding_env(tmp_path, CONVERSION_ONLY, SFPN_EDGE_HOME=str(home))
     assert run_python(env, "-c", "import matio").returncode == 1
@@ -76,10 +78,13 @@ def test_round_trip_on_a_machine_without_converters(bundle_tar, model_dir, mtcnn
     assert result["authors_weights"] is True and result["model_dir"] == str(home / "models" / models.DEFAULT_MODEL)
     assert contents(home / "models" / models.DEFAULT_MODEL) == contents(model_dir)
     assert contents(home / "detectors" / "mtcnn") == contents(mtcnn_dir)
+    assert contents(home / "detectors" / "blazeface") == contents(blazeface_dir)
     photos = [cfp_root / "Data" / "Images" / "001" / "frontal" / f"{n:02d}.jpg" for n in (1, 3)]
-    proc = run_cli(env, "verify", *photos, "--backend", "onnxruntime", "--threads", "1", "--json")
-    assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout)["same"] is True
+    for detector in ("blazeface", "mtcnn"):                 # the default, and the other one bundled
+        proc = run_cli(env, "verify", *photos, "--backend", "onnxruntime", "--detector", detector,
+                       "--threads", "1", "--json")
+        assert proc.returncode == 0, proc.stderr
+        assert json.loads(proc.stdout)["same"] is True
 
 
 @pytest.mark.parametrize("suffix", [".tgz", ".tar.bz2"])
@@ -228,7 +233,7 @@ def test_bundle_refuses_bad_sources(model_dir, tmp_path, capsys):
              ([str(model_dir), str(tmp_path / "b.zip")], "a bundle's name ends in"),
              ([str(tmp_path / "absent"), str(tmp_path / "b.tar")], "not a model directory"),
              ([str(model_dir), str(model_dir / "b.tar")], "outside the model directory"),
-             ([str(model_dir), str(tmp_path / "b.tar"), "--detector-weights", str(tmp_path)], "no MTCNN weights")]
+             ([str(model_dir), str(tmp_path / "b.tar"), "--detector-weights", str(tmp_path)], "holds no verified detector nets")]
     for argv, needle in cases:
         assert main(["bundle", *argv]) == 2
         err = capsys.readouterr().err

@@ -151,7 +151,7 @@ def test_images_without_a_face_are_counted_and_skipped(own_model, mtcnn_dir, cfp
         shutil.copy(cfp_image(cfp_root, i, "frontal", 1), folder / f"id{i}" / "face.jpg")
     cv2.imwrite(str(folder / "id2" / "wall.png"), np.full((200, 200, 3), 128, np.uint8))
     result = run_json(capsys, ["calibrate", "--model", str(own_model), "--images", str(folder), "--method",
-                               "center", "--detector-weights", str(mtcnn_dir), "--threads", "1", "--json"])
+                               "center", "--detector", "mtcnn", "--detector-weights", str(mtcnn_dir), "--threads", "1", "--json"])
     assert result["images"]["total"] == 3 and result["images"]["used"] == 2 and result["images"]["skipped"] == 1
     assert result["skipped"][0]["path"].endswith("wall.png") and "no face" in result["skipped"][0]["reason"]
     assert result["calibration"]["labels"] == "one folder per identity"

@@ -22,7 +22,7 @@ def photo(cfp_root, person: int, kind: str = "frontal", n: int = 1):
 def cli(model_dir, mtcnn_dir, capsys):
     """Run ``sfpn-edge ARGS --model ... --detector-weights ... --threads 1``: (exit code, stdout, stderr)."""
     def run(*args, json_out=False):
-        argv = [str(a) for a in args] + ["--model", str(model_dir), "--detector-weights", str(mtcnn_dir),
+        argv = [str(a) for a in args] + ["--model", str(model_dir), "--detector", "mtcnn", "--detector-weights", str(mtcnn_dir),
                                          "--threads", "1"] + (["--json"] if json_out else [])
         code = main(argv)
         out, err = capsys.readouterr()
@@ -164,7 +164,7 @@ def test_model_resolution_and_missing_model(cfp_root, tmp_path, monkeypatch, cap
     assert main(["verify", str(a), str(a)]) == 2
     assert "SFPN_EDGE_MODEL" in capsys.readouterr().err
     monkeypatch.setenv("SFPN_EDGE_MODEL", str(model_dir))
-    assert main(["verify", str(a), str(a), "--detector-weights", str(mtcnn_dir), "--json"]) == 0
+    assert main(["verify", str(a), str(a), "--detector", "mtcnn", "--detector-weights", str(mtcnn_dir), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["score"] > 0.999
 
 

@@ -170,7 +170,7 @@ def test_eval_cfp_bad_folds_is_usage_error(capsys):
 def test_eval_pairs_detect_crop(lfw_tree, model_dir, mtcnn_dir, tmp_path):
     out = tmp_path / "r.json"
     assert _run("--root", lfw_tree, "--pairs", lfw_tree / "pairs.txt", "--crop", "detect",
-                "--detector-weights", mtcnn_dir, "--model", model_dir, "--json", out) == 0
+                "--detector", "mtcnn", "--detector-weights", mtcnn_dir, "--model", model_dir, "--json", out) == 0
     report = json.loads(out.read_text())
     sources = report["images"]["face_sources"]
     assert sum(sources.values()) == 16 and set(sources) <= {"detected", "padded", "whole-image"}

@@ -103,12 +103,12 @@ def test_fetch_writes_int8_without_a_dataset_then_native_int8_verify_works(capsy
     assert (target / "manifest.json").stat().st_mode & 0o777 == 0o644
     crop = dwc_mat.parent / "image_example1.png"
     assert main(["verify", str(crop), str(crop), "--backend", "native", "--precision", "int8",
-                 "--detector-weights", str(mtcnn_dir), "--threads", "1", "--json"]) == 0
+                 "--detector", "mtcnn", "--detector-weights", str(mtcnn_dir), "--threads", "1", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["same"] is True and result["score"] > 0.999
     other = dwc_mat.parent / "image_example2.png"
     assert main(["verify", str(crop), str(other), "--backend", "native", "--precision", "int8",
-                 "--detector-weights", str(mtcnn_dir), "--threads", "1", "--json"]) == 0
+                 "--detector", "mtcnn", "--detector-weights", str(mtcnn_dir), "--threads", "1", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["same"] is False
 
 

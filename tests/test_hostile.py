@@ -51,7 +51,7 @@ class Ctx:
 
     def verify(self, a, b=None, *extra, model=None, mtcnn=None) -> List:
         return ["verify", a, self.photo if b is None else b, "--model", model or self.model,
-                "--detector-weights", mtcnn or self.mtcnn, *extra]
+                "--detector", "mtcnn", "--detector-weights", mtcnn or self.mtcnn, *extra]
 
     def gallery(self) -> Path:
         db = self.tmp / "people.db"
@@ -59,7 +59,7 @@ class Ctx:
         return db
 
     def paths(self) -> List:
-        return ["--model", self.model, "--detector-weights", self.mtcnn]
+        return ["--model", self.model, "--detector", "mtcnn", "--detector-weights", self.mtcnn]
 
 
 def _fifo(ctx: Ctx) -> Path:

@@ -51,13 +51,13 @@ def test_vpu_target_names_the_extra(env):
 
 @pytest.mark.parametrize("how", [[], ["--backend", "auto"], ["--target", "cpu"], ["--backend", "onnxruntime"]])
 def test_verify_runs_on_onnxruntime(env, how, model_dir, mtcnn_dir, cfp_root):
-    proc = run_cli(env, "verify", *photos(cfp_root), "--model", model_dir, "--detector-weights", mtcnn_dir,
+    proc = run_cli(env, "verify", *photos(cfp_root), "--model", model_dir, "--detector", "mtcnn", "--detector-weights", mtcnn_dir,
                    "--threads", "1", "--json", *how)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["same"] is True
 
 
 def test_backend_openvino_is_one_clear_error(env, model_dir, mtcnn_dir, cfp_root):
-    proc = run_cli(env, "verify", *photos(cfp_root), "--model", model_dir, "--detector-weights", mtcnn_dir,
+    proc = run_cli(env, "verify", *photos(cfp_root), "--model", model_dir, "--detector", "mtcnn", "--detector-weights", mtcnn_dir,
                    "--backend", "openvino")
     assert_one_line_error(proc, "openvino is not installed", HINT)

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import List, Optional, Tuple
 
-from sfpn_edge.cli.common import add_model_options, make_detector, make_embedder
+from sfpn_edge.cli.common import add_detector_options, add_model_options, make_detector, make_embedder
 from sfpn_edge.cli.output import emit
 from sfpn_edge.errors import SfpnError
 from sfpn_edge.io import IMAGE_SUFFIXES
@@ -50,7 +50,7 @@ def register(subparsers) -> None:
                         help="detector crop margin (default: the model's crop_margin)")
     parser.add_argument("--flip", action="store_true",
                         help="calibrate flip-averaged descriptors (use with verify --flip)")
-    parser.add_argument("--detector-weights", type=Path, metavar="DIR", help="MTCNN weights directory")
+    add_detector_options(parser)
     parser.add_argument("--out", type=Path, metavar="DIR",
                         help="write a standalone calibration directory instead of into the model directory")
     parser.add_argument("--bake", action="store_true",

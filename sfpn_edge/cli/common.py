@@ -47,12 +47,22 @@ def runtime(args: argparse.Namespace):
         raise SfpnError(str(exc)) from None
 
 
+def add_detector_options(group) -> None:
+    """--detector NAME and --detector-weights PATH (on an argument group or parser)."""
+    from sfpn_edge.detect import registry as detectors
+
+    group.add_argument("--detector", default=detectors.DEFAULT, choices=detectors.names(),
+                       help=f"face detector (default: {detectors.DEFAULT}): "
+                            + "; ".join(f"{s.name}: {s.summary}" for s in detectors.specs()))
+    group.add_argument("--detector-weights", type=Path, metavar="PATH",
+                       help="the detector's weights (default: the cache, filled by "
+                            "`sfpn-edge fetch-weights --detector NAME`; yunet: its .onnx file)")
+
+
 def add_pipeline_options(parser: argparse.ArgumentParser) -> None:
-    """Detector weights, crop margin, flip averaging and the several-faces policy."""
+    """Detector, crop margin, flip averaging and the several-faces policy."""
     group = parser.add_argument_group("face pipeline")
-    group.add_argument("--detector-weights", type=Path, metavar="DIR",
-                       help="MTCNN weights directory (default: the cache, filled by "
-                            "`sfpn-edge fetch-weights --detector mtcnn`)")
+    add_detector_options(group)
     group.add_argument("--margin", type=float, default=None,
                        help="crop margin around the detected box (default: the model's, 0.10)")
     group.add_argument("--flip", action="store_true",
@@ -90,7 +100,8 @@ def make_verifier(args: argparse.Namespace):
     """A FaceVerifier configured from the parsed model / pipeline / threshold options."""
     from sfpn_edge.pipeline import FaceVerifier
 
-    return FaceVerifier(model_dir(args), runtime=runtime(args), detector_weights=args.detector_weights,
+    return FaceVerifier(model_dir(args), runtime=runtime(args), detector=args.detector,
+                        detector_weights=args.detector_weights,
                         margin=args.margin, flip=args.flip, face_policy=args.face_policy,
                         threshold=getattr(args, "threshold", None), far=getattr(args, "far", None))
 
@@ -106,7 +117,7 @@ def make_detector(args: argparse.Namespace, rt=None):
     """The face detector for the parsed pipeline options, on ``rt`` (default: the options' runtime)."""
     from sfpn_edge.detect.registry import make_detector as make
 
-    return make("mtcnn", args.detector_weights, rt if rt is not None else runtime(args))
+    return make(args.detector, args.detector_weights, rt if rt is not None else runtime(args))
 
 
 def _positive_int(text: str) -> int:

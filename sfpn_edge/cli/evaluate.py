@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import List, Optional
 
-from sfpn_edge.cli.common import add_model_options, make_detector, make_embedder
+from sfpn_edge.cli.common import add_detector_options, add_model_options, make_detector, make_embedder
 from sfpn_edge.errors import SfpnError
 
 
@@ -59,15 +59,14 @@ def register(subparsers) -> None:
 def _add_common(parser: argparse.ArgumentParser, default_crop: str) -> None:
     group = parser.add_argument_group("cropping")
     group.add_argument("--crop", choices=("fiducials", "full", "detect"), default=default_crop,
-                       help="face box from the dataset's landmarks, the whole image resized, or the MTCNN "
-                            f"detector (default: {default_crop})")
+                       help="face box from the dataset's landmarks, the whole image resized, or the "
+                            f"--detector (default: {default_crop})")
     group.add_argument("--margin", type=float, default=None,
                        help="box enlargement: square of side max(w, h) * (1 + margin) (default: 0.3 for "
                             "fiducials, the model's crop_margin for detect)")
     group.add_argument("--flip", action="store_true",
                        help="also embed the mirrored crop and sum the descriptors (flip test-time augmentation)")
-    group.add_argument("--detector-weights", type=Path, metavar="DIR",
-                       help="MTCNN weights directory for --crop detect (default: the cache)")
+    add_detector_options(group)
     group.add_argument("--calibration", type=Path, metavar="DIR",
                        help="apply the calibration stored in DIR (a calibrated model directory or a "
                             "`calibrate --out` directory); default: none, raw descriptors")

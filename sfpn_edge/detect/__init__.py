@@ -29,12 +29,15 @@ class Face:
 
     ``box`` is (x0, y0, x1, y1) with x1/y1 exclusive edges (so width = x1 - x0) and may reach
     outside the image; ``landmarks`` is float32 (5, 2) x, y in ``LANDMARKS`` order, or None for
-    detectors without landmarks.
+    detectors without those five points; ``keypoints`` float32 (K, 2) are a detector's own points,
+    named by ``keypoint_names`` (BlazeFace: eyes, nose, mouth centre, ears).
     """
 
     box: Tuple[float, float, float, float]
     score: float
     landmarks: Optional[np.ndarray] = None
+    keypoints: Optional[np.ndarray] = None
+    keypoint_names: Tuple[str, ...] = ()
 
     @property
     def width(self) -> float:
@@ -48,13 +51,31 @@ class Face:
     def area(self) -> float:
         return max(self.width, 0.0) * max(self.height, 0.0)
 
+    def points(self) -> dict:
+        """Every named point: ``landmarks`` under ``LANDMARKS`` names, then the ``keypoints``."""
+        named = {} if self.landmarks is None else dict(zip(LANDMARKS, self.landmarks))
+        if self.keypoints is not None:
+            named.update(zip(self.keypoint_names, self.keypoints))
+        return named
+
+    def map_points(self, fn) -> "Face":
+        """This face with ``fn`` ([K, 2] -> [K, 2]) applied to the box corners and every point."""
+        corners = fn(np.array(self.box, np.float64).reshape(2, 2)).ravel()
+        marks = None if self.landmarks is None else fn(self.landmarks).astype(np.float32)
+        keys = None if self.keypoints is None else fn(self.keypoints).astype(np.float32)
+        return Face(tuple(float(v) for v in corners), self.score, marks, keys, self.keypoint_names)
+
     def to_dict(self) -> dict:
-        return {
+        out = {
             "box": [round(float(v), 2) for v in self.box],
             "score": round(float(self.score), 4),
             "landmarks": None if self.landmarks is None
             else [[round(float(x), 2), round(float(y), 2)] for x, y in self.landmarks],
         }
+        if self.keypoints is not None:
+            out["keypoints"] = {name: [round(float(x), 2), round(float(y), 2)]
+                                for name, (x, y) in zip(self.keypoint_names, self.keypoints)}
+        return out
 
 
 @runtime_checkable
@@ -93,13 +114,10 @@ def shrink_image(image: np.ndarray, max_pixels: float) -> tuple:
 
 
 def scale_face(face: Face, factor: float) -> Face:
-    """``face`` with its box and landmarks multiplied by ``factor`` (shrunk image -> original)."""
-    marks = None if face.landmarks is None else (face.landmarks * factor).astype(np.float32)
-    return Face(tuple(float(v) * factor for v in face.box), face.score, marks)
+    """``face`` with its box and points multiplied by ``factor`` (shrunk image -> original)."""
+    return face if factor == 1.0 else face.map_points(lambda p: p * factor)
 
 
 def shift_face(face: Face, dx: float, dy: float) -> Face:
     """``face`` moved by (-dx, -dy): from padded-image back to original-image coordinates."""
-    x0, y0, x1, y1 = face.box
-    marks = None if face.landmarks is None else face.landmarks - np.array([dx, dy], np.float32)
-    return Face((x0 - dx, y0 - dy, x1 - dx, y1 - dy), face.score, marks)
+    return face.map_points(lambda p: p - np.array([dx, dy], np.float32))

