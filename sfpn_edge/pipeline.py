@@ -8,7 +8,14 @@
 Face policy, per image: the detector runs on the image, then (if it found nothing) on a copy
 with a 25 % border, which finds faces that fill the whole frame. No face at all raises
 ``ImageError("<image>: no face found")``. Several faces: the largest box is used
-(``face_policy="largest"``, the default) or ``ImageError`` is raised (``face_policy="error"``).
+(``face_policy="largest"``, the default; MTCNN then skips faces under ``MIN_FACE_FRACTION`` of the
+short side, rerunning in full only when that finds nothing), every face, largest first
+(``"all"``: ``embed_photos`` and ``identify``; ``verify`` refuses it), or ``ImageError`` is raised
+(``"error"``).
+
+Quality (``sfpn_edge.quality``): every face used gets its size, blur, yaw and roll, judged by the
+"standard" gate; ``min_quality="standard"`` (or "frontal", or a ``QualityGate``) also refuses a
+photo whose face fails it with ``ImageError("<image>: low-quality face: <reasons>")``.
 
 Crop: a square of side max(w, h) of the detector box, enlarged by ``margin`` and moved down by
 ``shift`` sides (default: the framing measured for the detector: MTCNN 0.10 / 0, BlazeFace
@@ -32,17 +39,17 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from sfpn_edge import align, thresholds
+from sfpn_edge import align, quality, thresholds
 from sfpn_edge.calibration import Calibration, gallery_key, resolve_calibration
 from sfpn_edge.detect import Detector, Face, check_image
-from sfpn_edge.detect.policy import RETRY_PAD, Detection, find_face
 from sfpn_edge.detect import registry as detectors
+from sfpn_edge.detect.policy import RETRY_PAD, find_faces
 from sfpn_edge.detect.registry import make_detector
 from sfpn_edge.embed import FaceEmbedder
 from sfpn_edge.errors import ImageError, ModelError, SfpnError
@@ -51,23 +58,55 @@ from sfpn_edge.kernels.scoring import l2_normalize
 from sfpn_edge.model_dir import ModelDir
 from sfpn_edge.runtime import Runtime, make_runtime
 from sfpn_edge.score import cosine_pairs
+from sfpn_edge.quality import Quality, QualityGate
 from sfpn_edge.thresholds import OperatingPoint
 
+if TYPE_CHECKING:
+    from sfpn_edge.gallery import FaceGallery, Match
+
 DEFAULT_FAR = 1e-3
-FACE_POLICIES = ("largest", "error")
-STAGES = ("decode", "detect", "crop", "embed", "score")
+FACE_POLICIES = ("largest", "all", "error")
+STAGES = ("decode", "detect", "crop", "quality", "embed", "score")
+MIN_FACE_FRACTION = 0.1
+"""With ``face_policy="largest"``: faces under this fraction of the short side are not looked for
+first (MTCNN's pyramid skips their levels); see the README for the measurement."""
 
 
 @dataclass(frozen=True)
 class FaceFound:
-    """The face used in one image: the detection, how it was found, how many faces there were."""
+    """A face used in one image: the detection, how it was found, how many faces there were, and
+    its quality (set once its crop is made)."""
 
     face: Face
     how: str  # "detected" or "padded" (found after adding a border)
     n_faces: int
+    quality: Optional[Quality] = None
 
     def to_dict(self) -> dict:
-        return {**self.face.to_dict(), "found": self.how, "faces_in_image": self.n_faces}
+        return {**self.face.to_dict(), "found": self.how, "faces_in_image": self.n_faces,
+                "quality": None if self.quality is None else self.quality.to_dict()}
+
+
+@dataclass(frozen=True)
+class Identification:
+    """One face of a photo against a gallery: best-first candidates and the decision."""
+
+    face: FaceFound
+    candidates: List[Match]
+    threshold: float
+
+    @property
+    def score(self) -> float:
+        return self.candidates[0].score
+
+    @property
+    def match(self) -> Optional[str]:
+        """The best candidate's name when its score reaches the threshold, else None."""
+        return self.candidates[0].name if self.score >= self.threshold else None
+
+    def to_dict(self) -> dict:
+        return {"face": self.face.to_dict(), "match": self.match, "score": round(self.score, 6),
+                "candidates": [{"name": m.name, "score": round(m.score, 6)} for m in self.candidates]}
 
 
 @dataclass(frozen=True)
@@ -122,6 +161,7 @@ class FaceVerifier:
         margin: Optional[float] = None,
         flip: bool = False,
         face_policy: str = "largest",
+        min_quality: Union[str, QualityGate, None] = None,
         threshold: Optional[float] = None,
         far: Optional[float] = None,
         calibration: Union[bool, str, Path, Calibration] = True,
@@ -146,6 +186,11 @@ class FaceVerifier:
         self.margin, self.threads = self.crop_spec.margin, self.runtime.threads
         self.flip = bool(flip)
         self.face_policy = face_policy
+        try:  # None: measured and judged by the default gate, never refused
+            self.quality_gate = quality.gate(quality.DEFAULT_GATE if min_quality is None else min_quality)
+        except ValueError as exc:
+            raise SfpnError(str(exc)) from None
+        self.refuse_low_quality = min_quality is not None
         self._threshold = None if threshold is None else thresholds.check_threshold(threshold)
         self._far = DEFAULT_FAR if far is None else thresholds.check_far(far)
         self._operating_point: Optional[OperatingPoint] = None
@@ -207,6 +252,7 @@ class FaceVerifier:
             "shift": self.crop_spec.shift,
             "flip": self.flip,
             "face_policy": self.face_policy,
+            "min_quality": self.quality_gate.name if self.refuse_low_quality else None,
             "threshold": self._threshold,
             "far": None if self._threshold is not None else self._far,
             "calibration": self.calibration_info,
@@ -220,16 +266,22 @@ class FaceVerifier:
             return check_image(image)
         return read_image(image, label)
 
+    def find_faces(self, image: np.ndarray, label: str = "image") -> List[FaceFound]:
+        """The faces to use in ``image`` under this verifier's face policy (see module docs): one,
+        or every face (largest first) with ``face_policy="all"``."""
+        largest = self.face_policy == "largest"
+        found = find_faces(self.detector, image, retry_pad=RETRY_PAD, pick="largest",
+                           min_face_fraction=MIN_FACE_FRACTION if largest else None)
+        if not found:
+            raise ImageError(f"{label}: no face found")
+        if len(found) > 1 and self.face_policy == "error":
+            raise ImageError(f"{label}: {len(found)} faces found, expected one (face policy 'error')")
+        faces = [FaceFound(det.face, det.source, det.n_faces) for det in found]
+        return faces if self.face_policy == "all" else faces[:1]
+
     def find_face(self, image: np.ndarray, label: str = "image") -> FaceFound:
-        """The face to use in ``image`` under this verifier's face policy (see module docs)."""
-        try:
-            det: Detection = find_face(self.detector, image, retry_pad=RETRY_PAD, fallback="error",
-                                       pick="largest")
-        except ImageError:
-            raise ImageError(f"{label}: no face found") from None
-        if det.n_faces > 1 and self.face_policy == "error":
-            raise ImageError(f"{label}: {det.n_faces} faces found, expected one (face policy 'error')")
-        return FaceFound(det.face, det.source, det.n_faces)
+        """The face to use in ``image``: the largest (or, policy "error", the only one)."""
+        return self.find_faces(image, label)[0]
 
     def crop(self, images: Sequence[np.ndarray], faces: Sequence[Face]) -> np.ndarray:
         """Crops of ``faces`` in ``images`` with this verifier's crop spec and flip setting."""
@@ -252,10 +304,11 @@ class FaceVerifier:
         """
         return self.embed_crops(self.crop(images, faces))
 
-    def embed_images(self, images: Sequence[Union[ImageSource, np.ndarray]],
+    def embed_photos(self, images: Sequence[Union[ImageSource, np.ndarray]],
                      labels: Optional[Sequence[str]] = None,
-                     timings: Optional[Dict[str, float]] = None) -> Tuple[np.ndarray, List[FaceFound]]:
-        """Normalised descriptors [N, D] and the face used, one per image (errors name the image)."""
+                     timings: Optional[Dict[str, float]] = None) -> List[Tuple[np.ndarray, List[FaceFound]]]:
+        """Per image: normalised descriptors [F, D] and the F faces used (F = 1 unless the face
+        policy is "all"), quality included. Errors name the image; nothing is embedded then."""
         if not len(images):
             raise ValueError("no images given")
         labels = list(labels) if labels is not None else [_label(im, i) for i, im in enumerate(images)]
@@ -263,22 +316,58 @@ class FaceVerifier:
         with _timer(timings, "decode"):
             decoded = [self.load(im, lab) for im, lab in zip(images, labels)]
         with _timer(timings, "detect"):
-            found = [self.find_face(im, lab) for im, lab in zip(decoded, labels)]
+            found = [self.find_faces(im, lab) for im, lab in zip(decoded, labels)]
+        owners = [i for i, faces in enumerate(found) for _ in faces]
         with _timer(timings, "crop"):
-            crops = self.crop(decoded, [f.face for f in found])
+            crops = self.crop([decoded[i] for i in owners], [f.face for faces in found for f in faces])
+        with _timer(timings, "quality"):
+            flat = [replace(f, quality=quality.assess(f.face, crop, self.quality_gate))
+                    for f, crop in zip((f for faces in found for f in faces), crops)]
+            if self.refuse_low_quality:
+                for face, i in zip(flat, owners):
+                    if not face.quality.passed:
+                        raise ImageError(f"{labels[i]}: low-quality face ({'; '.join(face.quality.reasons)}; "
+                                         f"gate {self.quality_gate.name})")
         with _timer(timings, "embed"):
             desc = self.embed_crops(crops)
-        return desc, found
+        bounds = np.cumsum([0] + [len(faces) for faces in found])
+        return [(desc[a:b], flat[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
+
+    def embed_images(self, images: Sequence[Union[ImageSource, np.ndarray]],
+                     labels: Optional[Sequence[str]] = None,
+                     timings: Optional[Dict[str, float]] = None) -> Tuple[np.ndarray, List[FaceFound]]:
+        """Normalised descriptors [N, D] and the face used, one per image (errors name the image)."""
+        self._one_face_each("embed_images")
+        photos = self.embed_photos(images, labels, timings)
+        return np.concatenate([desc for desc, _ in photos]), [faces[0] for _, faces in photos]
 
     def embed_image(self, image: Union[ImageSource, np.ndarray]) -> Tuple[np.ndarray, FaceFound]:
         """Normalised descriptor [D] of the face in one image, and the face used."""
         desc, found = self.embed_images([image])
         return desc[0], found[0]
 
+    def identify(self, image: Union[ImageSource, np.ndarray], gallery: FaceGallery, k: int = 5,
+                 timings: Optional[Dict[str, float]] = None) -> List[Identification]:
+        """Each face used in ``image`` (face policy) against ``gallery``: its ``k`` best candidates
+        and the decision at this verifier's threshold. SfpnError for an empty gallery."""
+        op = self.operating_point
+        if len(gallery) == 0:
+            raise SfpnError(f"{gallery.path}: the gallery is empty; enrol someone first")
+        timings = timings if timings is not None else {}
+        ((desc, faces),) = self.embed_photos([image], timings=timings)
+        with _timer(timings, "search"):
+            matches = gallery.identify_batch(desc, k)
+        return [Identification(face, cands, op.threshold) for face, cands in zip(faces, matches)]
+
+    def _one_face_each(self, what: str) -> None:
+        if self.face_policy == "all":
+            raise SfpnError(f"{what} uses one face per photo; face policy 'all' needs embed_photos or identify")
+
     def verify(self, image_a: Union[ImageSource, np.ndarray],
                image_b: Union[ImageSource, np.ndarray]) -> VerifyResult:
         """Same person in both photos? Score, decision, threshold, faces used and stage timings."""
         op = self.operating_point
+        self._one_face_each("verify")
         timings: Dict[str, float] = {}
         start = time.perf_counter()
         desc, found = self.embed_images([image_a, image_b], timings=timings)

@@ -45,7 +45,7 @@ def test_verify_human_and_json(cli, cfp_root):
     code, record, _ = cli("verify", a, c, json_out=True)
     assert code == 0 and record["same"] is False and record["score"] < record["threshold"]
     assert record["far"] == 1e-3 and record["a"] == str(a) and len(record["faces"]) == 2
-    assert set(record["timings_ms"]) == {"decode", "detect", "crop", "embed", "score", "total"}
+    assert set(record["timings_ms"]) == {"decode", "detect", "crop", "quality", "embed", "score", "total"}
     code, loose, _ = cli("verify", a, c, "--threshold", "-1", json_out=True)
     assert code == 0 and loose["same"] is True and loose["threshold_source"] == "given threshold"
     assert loose["score"] == pytest.approx(record["score"], abs=1e-6)

@@ -249,3 +249,34 @@ def test_huge_photos_are_detected_on_a_shrunk_copy(detector, cfp_root, monkeypat
     assert calls and calls[0][0] * calls[0][1] <= image.shape[0] * image.shape[1]
     np.testing.assert_allclose(found.face.box, np.multiply(ref.box, 3.0), rtol=0, atol=12.0)
     np.testing.assert_allclose(found.face.landmarks, ref.landmarks * 3.0, atol=12.0)
+
+
+def test_sized_pyramid_is_a_subset_without_the_small_face_levels(detector):
+    full = detector.scales(480, 640)
+    sized = detector.scales(480, 640, min_face=100)
+    assert sized and set(sized) < set(full) and sized == full[len(full) - len(sized):]
+    assert min(12 / s for s in sized) >= 100 * detector.scale_factor
+    assert max(12 / s for s in full if s not in sized) < 100 * detector.scale_factor
+    assert detector.scales(480, 640, min_face=10) == full  # below min_face_size: the full pyramid
+
+
+def test_detect_sized_keeps_the_big_face_and_find_face_falls_back(detector, example_crops):
+    small = cv2.resize(read_image(example_crops[1]), None, fx=0.6, fy=0.6)
+    large = cv2.resize(read_image(example_crops[2]), None, fx=2.5, fy=2.5)
+    canvas = np.full((480, 720, 3), 200, np.uint8)
+    canvas[300:300 + small.shape[0], 20:20 + small.shape[1]] = small
+    canvas[20:20 + large.shape[0], 330:330 + large.shape[1]] = large
+    every = detector.detect(canvas)
+    big = detector.detect_sized(canvas, 0.45 * 480)
+    assert len(every) == 2 and len(big) == 1 and big[0].box[0] > 300
+    largest = max(every, key=lambda f: f.area)
+    assert _iou_and_cover(big[0].box, largest.box)[0] > 0.9  # fewer candidates: nearly the same box
+    adaptive = find_face(detector, canvas, min_face_fraction=0.45)
+    assert adaptive.n_faces == 1 and adaptive.face.box[0] > 300
+    lone = np.full((480, 720, 3), 200, np.uint8)  # only a face below the fraction: the full pyramid finds it
+    lone[300:300 + small.shape[0], 20:20 + small.shape[1]] = small
+    assert detector.detect_sized(lone, 0.45 * 480) == []
+    found = find_face(detector, lone, min_face_fraction=0.45, fallback="error")
+    assert found.source == "detected" and found.face.box[2] < 200
+    with pytest.raises(SfpnError, match="min_face_fraction"):
+        find_face(detector, canvas, min_face_fraction=1.5)

@@ -59,16 +59,29 @@ def add_detector_options(group) -> None:
                             "`sfpn-edge fetch-weights --detector NAME`; yunet: its .onnx file)")
 
 
-def add_pipeline_options(parser: argparse.ArgumentParser) -> None:
-    """Detector, crop margin, flip averaging and the several-faces policy."""
+ONE_FACE = ("largest", "error")
+EVERY_FACE = ("largest", "all", "error")
+
+
+def add_pipeline_options(parser: argparse.ArgumentParser, face_policies: tuple = ONE_FACE) -> None:
+    """Detector weights, crop margin, flip averaging, the several-faces policy (``face_policies``:
+    the choices this command supports) and the quality gate."""
+    from sfpn_edge.quality import DEFAULT_GATE, GATES
+
     group = parser.add_argument_group("face pipeline")
     add_detector_options(group)
     group.add_argument("--margin", type=float, default=None,
                        help="crop margin around the detected box (default: the model's, 0.10)")
     group.add_argument("--flip", action="store_true",
                        help="also embed the mirrored face and sum the descriptors (slower, a bit more accurate)")
-    group.add_argument("--face-policy", choices=("largest", "error"), default="largest",
-                       help="several faces in a photo: use the largest (default) or refuse the photo")
+    every = ", all: every face, one result each" if "all" in face_policies else ""
+    group.add_argument("--face-policy", choices=face_policies, default="largest",
+                       help=f"several faces in a photo: largest: use the largest (default){every}, "
+                            "error: refuse the photo")
+    group.add_argument("--min-quality", choices=sorted(GATES), default=None, metavar="GATE",
+                       help=f"refuse (exit 2) a photo whose face fails the quality gate GATE ({', '.join(sorted(GATES))}; "
+                            f"{DEFAULT_GATE} does not limit yaw, so profiles pass; frontal does). Without it the "
+                            f"quality is reported, judged by {DEFAULT_GATE}, and never refuses")
 
 
 def add_threshold_options(parser: argparse.ArgumentParser) -> None:
@@ -103,6 +116,7 @@ def make_verifier(args: argparse.Namespace):
     return FaceVerifier(model_dir(args), runtime=runtime(args), detector=args.detector,
                         detector_weights=args.detector_weights,
                         margin=args.margin, flip=args.flip, face_policy=args.face_policy,
+                        min_quality=args.min_quality,
                         threshold=getattr(args, "threshold", None), far=getattr(args, "far", None))
 
 

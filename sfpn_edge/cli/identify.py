@@ -4,7 +4,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from sfpn_edge.cli.common import add_model_options, add_pipeline_options, add_threshold_options, make_verifier
+from sfpn_edge.cli.common import (EVERY_FACE, add_model_options, add_pipeline_options, add_threshold_options,
+                                  make_verifier)
 from sfpn_edge.cli.output import emit
 from sfpn_edge.cli.verify import describe_face, format_timings
 
@@ -17,7 +18,9 @@ def register(subparsers) -> None:
         help="find the closest people in a gallery to the face in a photo",
         description="Embed the face in the photo and rank the gallery's identities by cosine score. The "
                     "best candidate counts as a match when its score reaches the verification threshold "
-                    "(FAR 1e-3 on CFP-FP by default; --threshold / --far). The gallery is only read.",
+                    "(FAR 1e-3 on CFP-FP by default; --threshold / --far). With --face-policy all every "
+                    "face in the photo is identified, largest first (JSON: a 'faces' list, each with its "
+                    "box, quality, match and candidates). The gallery is only read.",
     )
     parser.add_argument("image", type=Path, metavar="IMG", help="photo of the person to identify")
     parser.add_argument("--db", type=Path, required=True, help="gallery file (made by `sfpn-edge enroll`)")
@@ -28,15 +31,13 @@ def register(subparsers) -> None:
     parser.add_argument("--storage", choices=("fp32", "fp16", "int8"), default="fp32",
                         help="in-memory gallery precision for the search (default: fp32)")
     add_threshold_options(parser)
-    add_pipeline_options(parser)
+    add_pipeline_options(parser, EVERY_FACE)
     add_model_options(parser)
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    import time
-
     from sfpn_edge.errors import SfpnError
     from sfpn_edge.gallery import FaceGallery
 
@@ -46,39 +47,35 @@ def run(args: argparse.Namespace) -> int:
     op = verifier.operating_point  # fail before any work when no threshold is known
     with FaceGallery(args.db, model_sha256=verifier.model_sha256, dim=verifier.descriptor_dim,
                      readonly=True, template=args.template, storage=args.storage) as gallery:
-        if len(gallery) == 0:
-            raise SfpnError(f"{args.db}: the gallery is empty; enrol someone first")
         timings: dict = {}
-        desc, (face,) = verifier.embed_images([args.image], [str(args.image)], timings=timings)
-        start = time.perf_counter()
-        matches = gallery.identify(desc[0], args.top)
-        timings["search"] = (time.perf_counter() - start) * 1e3
+        results = verifier.identify(args.image, gallery, args.top, timings)
         size = len(gallery)
-    best = matches[0]
-    result = {
-        "image": str(args.image),
-        "db": str(args.db),
-        "match": best.name if best.score >= op.threshold else None,
-        "candidates": [{"name": m.name, "score": round(m.score, 6)} for m in matches],
+    result = {"image": str(args.image), "db": str(args.db), "face_policy": args.face_policy}
+    if args.face_policy == "all":
+        result["results"] = [r.to_dict() for r in results]
+    else:
+        result.update(results[0].to_dict())
+    result.update({
         "threshold": round(op.threshold, 6),
         "far": op.far,
         "threshold_source": op.source,
         "identities": size,
-        "face": face.to_dict(),
         "timings_ms": {k: round(v, 3) for k, v in timings.items()},
         "calibration": verifier.calibration_info,
-    }
+    })
     emit(result, args.json, _human)
     return 0
 
 
 def _human(r: dict) -> str:
     far = f", FAR {r['far']:g}" if r["far"] is not None else ""
-    head = (f"match: {r['match']}" if r["match"] is not None
-            else "no match: nobody in the gallery reaches the threshold")
-    lines = [f"{head} (threshold {r['threshold']:.4f}{far}; {r['identities']} identities)",
-             f"  {r['image']}: {describe_face(r['face'])}"]
-    for rank, cand in enumerate(r["candidates"], 1):
-        lines.append(f"  {rank}. {cand['name']}  {cand['score']:.4f}")
+    every = "results" in r
+    lines = [f"{r['image']}: {len(r['results'])} face(s)" if every else r["image"]]
+    for result in r["results"] if every else [r]:
+        head = (f"match: {result['match']}" if result["match"] is not None
+                else "no match: nobody in the gallery reaches the threshold")
+        lines.append(f"  {describe_face(result['face'], every)}\n    {head}")
+        lines += [f"    {rank}. {c['name']}  {c['score']:.4f}" for rank, c in enumerate(result["candidates"], 1)]
+    lines.append(f"  threshold {r['threshold']:.4f}{far}; {r['identities']} identities")
     lines.append("  timings: " + format_timings(r["timings_ms"]))
     return "\n".join(lines)

@@ -50,13 +50,21 @@ def _human(r: dict) -> str:
     return "\n".join(lines)
 
 
-def describe_face(face: dict) -> str:
-    """One line about the face used in a photo."""
+def describe_face(face: dict, every: bool = False) -> str:
+    """One line about a face used in a photo (``every``: all its faces are used, none ignored)."""
     x0, y0, x1, y1 = face["box"]
     others = face["faces_in_image"] - 1
-    extra = f", {others} other face(s) ignored" if others > 0 else ""
+    extra = f", {others} other face(s) ignored" if others > 0 and not every else ""
     padded = ", found after padding the image" if face["found"] == "padded" else ""
-    return f"face {x1 - x0:.0f}x{y1 - y0:.0f} px at ({x0:.0f}, {y0:.0f}), detector score {face['score']:.3f}{padded}{extra}"
+    return (f"face {x1 - x0:.0f}x{y1 - y0:.0f} px at ({x0:.0f}, {y0:.0f}), detector score {face['score']:.3f}"
+            f"{padded}{extra}; {describe_quality(face['quality'])}")
+
+
+def describe_quality(q: dict) -> str:
+    """One clause about a face's quality (``Quality.to_dict``)."""
+    pose = "" if q["yaw_deg"] is None else f", yaw {q['yaw_deg']:+.0f}, roll {q['roll_deg']:+.0f} deg"
+    verdict = f"{q['gate']} quality passed" if q["passed"] else f"low quality ({'; '.join(q['reasons'])})"
+    return f"{verdict}: blur {q['blur']:.0f}{pose}"
 
 
 def format_timings(timings: dict) -> str:

@@ -85,6 +85,16 @@ class Detector(Protocol):
     def detect(self, image: np.ndarray) -> List[Face]: ...
 
 
+@runtime_checkable
+class SizedDetector(Protocol):
+    """A detector that can skip faces smaller than ``min_face`` pixels (box side) to save time,
+    e.g. when only the largest face is wanted (``sfpn_edge.detect.policy.find_faces``)."""
+
+    def detect(self, image: np.ndarray) -> List[Face]: ...
+
+    def detect_sized(self, image: np.ndarray, min_face: float) -> List[Face]: ...
+
+
 def check_image(image: np.ndarray) -> np.ndarray:
     """Return ``image`` if it is a non-empty uint8 (H, W, 3) BGR array, else raise ImageError."""
     if not isinstance(image, np.ndarray):

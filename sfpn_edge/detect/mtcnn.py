@@ -87,12 +87,17 @@ class MTCNN:
 
     def detect(self, image: np.ndarray) -> List[Face]:
         """Faces in a uint8 BGR (H, W, 3) image, best score first."""
+        return self.detect_sized(image, self.min_face_size)
+
+    def detect_sized(self, image: np.ndarray, min_face: float) -> List[Face]:
+        """``detect`` skipping the pyramid levels of faces under ``min_face`` px (``SizedDetector``):
+        the levels run are a subset of ``detect``'s, so the faces found are ``detect``'s big ones."""
         image = check_image(image)
         dx, dy = 0, 0
         if self.pad > 0:
             image, (dx, dy) = pad_image(image, self.pad, self.pad_mode)
         rgb = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-        boxes = self._propose(rgb)
+        boxes = self._propose(rgb, max(float(min_face), self.min_face_size))
         if len(boxes):
             boxes = self._refine(rgb, boxes)
         if not len(boxes):
@@ -101,21 +106,25 @@ class MTCNN:
         return [shift_face(Face(tuple(float(v) for v in b[:4]), float(b[4]), p), dx, dy)
                 for b, p in zip(boxes, points)]
 
-    def scales(self, height: int, width: int) -> List[float]:
-        """Pyramid scales: the face of ``min_face_size`` px maps to 12 px, then steps of ``scale_factor``."""
+    def scales(self, height: int, width: int, min_face: Optional[float] = None) -> List[float]:
+        """Pyramid scales: the face of ``min_face_size`` px maps to 12 px, then steps of ``scale_factor``;
+        with ``min_face``, only the levels whose 12 px cell is at least ``min_face * scale_factor``
+        (a face of ``min_face`` px is still seen at a level where it spans 12-17 px)."""
         first = PNET_CELL / self.min_face_size
         side = min(height, width) * first
         out = []
         while side >= PNET_CELL:
             out.append(first * self.scale_factor ** len(out))
             side *= self.scale_factor
+        if min_face is not None and min_face > self.min_face_size:
+            out = [s for s in out if PNET_CELL / s >= min_face * self.scale_factor]
         return out
 
     # -- stage 1: P-Net over the pyramid -> candidate squares
-    def _propose(self, rgb: np.ndarray) -> np.ndarray:
+    def _propose(self, rgb: np.ndarray, min_face: float) -> np.ndarray:
         height, width = rgb.shape[:2]
         found = []
-        for scale in self.scales(height, width):
+        for scale in self.scales(height, width, min_face):
             size = (math.ceil(width * scale), math.ceil(height * scale))
             level = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
             reg, prob = self._pnet(level)

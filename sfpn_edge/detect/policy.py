@@ -16,12 +16,13 @@ the frame, runs on a copy of at most ``RETRY_MAX_PIXELS``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterable, Optional
+from typing import Callable, Dict, Iterable, List, Optional
 
 import numpy as np
 
 from sfpn_edge.align import whole_image_box
-from sfpn_edge.detect import PAD_MODES, Detector, Face, check_image, pad_image, scale_face, shift_face, shrink_image
+from sfpn_edge.detect import (PAD_MODES, Detector, Face, SizedDetector, check_image, pad_image, scale_face,
+                              shift_face, shrink_image)
 from sfpn_edge.errors import ImageError, SfpnError
 
 RETRY_PAD = 0.25
@@ -50,6 +51,48 @@ class Detection:
     n_faces: int
 
 
+def find_faces(
+    detector: Detector,
+    image: np.ndarray,
+    *,
+    retry_pad: Optional[float] = RETRY_PAD,
+    pad_mode: str = "replicate",
+    pick: str = "largest",
+    min_face_fraction: Optional[float] = None,
+) -> List[Detection]:
+    """Every face in ``image``, best by ``pick`` first ("largest" box or best "score"): detect,
+    else detect on a padded copy; [] when both find nothing.
+
+    ``retry_pad`` None or 0 disables the padded retry. ``min_face_fraction`` (for callers that
+    keep only the largest face) first asks a ``SizedDetector`` for faces of at least that
+    fraction of the image's short side, and runs the full detector only when that finds none.
+    """
+    check_image(image)
+    if pick not in PICKS:
+        raise SfpnError(f"pick must be one of {sorted(PICKS)}, got {pick!r}")
+    if retry_pad is not None and not 0.0 <= retry_pad <= 2.0:
+        raise SfpnError(f"retry_pad must be None or a fraction in [0, 2], got {retry_pad!r}")
+    if pad_mode not in PAD_MODES:
+        raise SfpnError(f"pad_mode must be one of {sorted(PAD_MODES)}, got {pad_mode!r}")
+    if min_face_fraction is not None and not 0.0 < min_face_fraction <= 1.0:
+        raise SfpnError(f"min_face_fraction must be None or in (0, 1], got {min_face_fraction!r}")
+    view, factor = shrink_image(image, DETECT_MAX_PIXELS)
+    faces = []
+    if min_face_fraction and isinstance(detector, SizedDetector):
+        faces = detector.detect_sized(view, min_face_fraction * min(view.shape[:2]))
+    if not faces:
+        faces = detector.detect(view)
+    faces = [scale_face(f, factor) for f in faces]
+    source = "detected"
+    if not faces and retry_pad:
+        view, factor = shrink_image(image, RETRY_MAX_PIXELS)
+        padded, (dx, dy) = pad_image(view, retry_pad, pad_mode)
+        faces = [scale_face(shift_face(f, dx, dy), factor) for f in detector.detect(padded)]
+        source = "padded"
+    faces.sort(key=PICKS[pick], reverse=True)
+    return [Detection(face, source, len(faces)) for face in faces]
+
+
 def find_face(
     detector: Detector,
     image: np.ndarray,
@@ -58,31 +101,15 @@ def find_face(
     pad_mode: str = "replicate",
     fallback: str = "whole-image",
     pick: str = "largest",
+    min_face_fraction: Optional[float] = None,
 ) -> Detection:
-    """The face to use in ``image``: detect, else detect on a padded copy, else ``fallback``.
-
-    ``retry_pad`` None or 0 disables the padded retry; ``pick`` chooses among several faces
-    ("largest" box or best "score").
-    """
-    check_image(image)
+    """The face to use in ``image``: the first of :func:`find_faces`, else ``fallback``."""
     if fallback not in FALLBACKS:
         raise SfpnError(f"fallback must be one of {FALLBACKS}, got {fallback!r}")
-    if pick not in PICKS:
-        raise SfpnError(f"pick must be one of {sorted(PICKS)}, got {pick!r}")
-    if retry_pad is not None and not 0.0 <= retry_pad <= 2.0:
-        raise SfpnError(f"retry_pad must be None or a fraction in [0, 2], got {retry_pad!r}")
-    if pad_mode not in PAD_MODES:
-        raise SfpnError(f"pad_mode must be one of {sorted(PAD_MODES)}, got {pad_mode!r}")
-    view, factor = shrink_image(image, DETECT_MAX_PIXELS)
-    faces = [scale_face(f, factor) for f in detector.detect(view)]
-    source = "detected"
-    if not faces and retry_pad:
-        view, factor = shrink_image(image, RETRY_MAX_PIXELS)
-        padded, (dx, dy) = pad_image(view, retry_pad, pad_mode)
-        faces = [scale_face(shift_face(f, dx, dy), factor) for f in detector.detect(padded)]
-        source = "padded"
-    if faces:
-        return Detection(max(faces, key=PICKS[pick]), source, len(faces))
+    found = find_faces(detector, image, retry_pad=retry_pad, pad_mode=pad_mode, pick=pick,
+                       min_face_fraction=min_face_fraction)
+    if found:
+        return found[0]
     if fallback == "error":
         raise ImageError("no face found in the image")
     return Detection(Face(whole_image_box(image), 0.0, None), "whole-image", 0)
