@@ -86,7 +86,7 @@ def test_identify_every_face(every, cfp_root, tmp_path):
 @pytest.fixture
 def cli(model_dir, mtcnn_dir, capsys):
     def run(*args, json_out=False):
-        argv = [str(a) for a in args] + ["--model", str(model_dir), "--detector-weights", str(mtcnn_dir),
+        argv = [str(a) for a in args] + ["--model", str(model_dir), "--detector", "mtcnn", "--detector-weights", str(mtcnn_dir),
                                          "--threads", "1"] + (["--json"] if json_out else [])
         code = main(argv)
         out, err = capsys.readouterr()
