@@ -128,3 +128,16 @@ def test_eval_counts_which_detector_found_each_face(real_chain, cfp_root, model_
                         detector=real_chain, threads=1)
     assert emb.face_sources == {"detected": 2}
     assert emb.found_by == {"blazeface": 1, "mtcnn": 1}
+
+
+def test_a_far_face_short_range_misses_is_found_by_full_range(real_chain, cfp_root):
+    photo = read_image(cfp_root / "Data" / "Images" / "001" / "frontal" / "01.jpg")
+    h, w = photo.shape[:2]
+    frame = np.full((int(h / 0.12), int(w / 0.12), 3), 110, np.uint8)  # the photo at 12 % of the frame side
+    y, x = (frame.shape[0] - h) // 3, (frame.shape[1] - w) // 2
+    frame[y:y + h, x:x + w] = photo
+    assert real_chain.primary.detect(frame) == []
+    found = real_chain.detect(frame)
+    assert found and found[0].found_by == "blazeface-full"
+    x0, y0, x1, y1 = found[0].box
+    assert x <= (x0 + x1) / 2 <= x + w and y <= (y0 + y1) / 2 <= y + h
