@@ -71,8 +71,14 @@ def apt_mirror(root: str = "/etc/apt") -> str:
     raise SystemExit(f"no Debian archive found in {paths or root}: configure an apt mirror first")
 
 
+# aarch64 wheels that lag the x86 ones for Python 3.11 (Pi OS bookworm's): ai-edge-litert 2.x ships
+# aarch64 wheels for cp312+ only, so a Pi gets 1.4.0, and so does the arm64 root.
+UNPINNED = {"ai-edge-litert"}
+
+
 def pins(names: list, deps_of: list) -> list:
-    """``name==version`` as installed on this (host) interpreter, plain ``name`` when absent.
+    """``name==version`` as installed on this (host) interpreter, plain ``name`` when absent or
+    in ``UNPINNED``.
 
     ``deps_of`` packages (those built from source inside) contribute their runtime requirements,
     so their dependencies still come as wheels."""
@@ -86,6 +92,9 @@ def pins(names: list, deps_of: list) -> list:
                 wanted.append(re.split(r"[ ;<>=!~\[]", req, 1)[0])
     out = []
     for name in dict.fromkeys(wanted):
+        if name in UNPINNED:
+            out.append(name)
+            continue
         try:
             out.append(f"{name}=={md.version(name)}")
         except md.PackageNotFoundError:

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import List, Optional, Sequence
 
-from sfpn_edge.bench import baseline, configs, model_source, report
+from sfpn_edge.bench import baseline, configs, emulated, model_source, report
 from sfpn_edge.bench.measure import min_cosine_rows, run_child
 from sfpn_edge.bench.progress import Progress
 from sfpn_edge.bench.stages import STAGES
@@ -55,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--markdown", metavar="FILE", help="write the tables as Markdown")
     p.add_argument("--plots", metavar="DIR", help="write PNG plots (needs matplotlib)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--emulate-arm", metavar="FILE",
+                   help="add the Raspberry Pi estimates (rows marked emulated) from a tools/arm64-cost report")
     return p
 
 
@@ -243,6 +245,7 @@ def run(args: argparse.Namespace) -> dict:
         "winners": report.winners(rows, report.MODEL_COLUMNS + report.ACCURACY_COLUMNS),
         "speed_target": baseline.speed_target(rows),
         "notes": notes,
+        "emulated_arm": emulated.load(Path(args.emulate_arm)) if args.emulate_arm else None,
         "elapsed_s": time.perf_counter() - started,
     }
 
@@ -272,6 +275,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         result = run(args)
         report.render(result)
+        if result["emulated_arm"]:
+            print("\n" + "\n".join(emulated.lines(result["emulated_arm"])))
         write_outputs(result, args)
     except SfpnError as exc:
         print(f"sfpn_edge.bench: error: {exc}", file=sys.stderr)

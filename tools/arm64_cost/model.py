@@ -1,0 +1,136 @@
+"""Per-call instruction classes -> estimated time on a Raspberry Pi's core (tools/arm64-cost).
+
+    python model.py report COUNTS_DIR OUT.json [--markdown OUT.md]
+
+An issue-rate (throughput) model: every class is charged to the pipelines that can execute it,
+at the rate the core's Software Optimization Guide gives, and a call takes as many cycles as its
+busiest resource (decode width, vector pipes, load/store pipes, integer pipes, branch pipe):
+  Cortex-A76 (Raspberry Pi 5, 2.4 GHz): Arm Cortex-A76 Software Optimization Guide
+    (PJDOC-466751330-7215), section 2 (4-wide decode; two ASIMD/FP pipes V0/V1; two load/store
+    address pipes; three integer pipes and one branch pipe) and section 3 (dot product and FP
+    multiply-accumulate on V0 and V1, integer multiply-accumulate on V0 only).
+  Cortex-A72 (Raspberry Pi 4, 1.8 GHz): Arm Cortex-A72 Software Optimization Guide (UAN 0016A),
+    same sections (3-wide decode; ASIMD/FP pipes F0/F1 with integer multiplies on F0 only; one
+    load and one store pipe; two integer pipes and one branch pipe; no dot-product instructions).
+What it ignores: latencies and dependency chains (a loop bound by one accumulator runs slower),
+caches, memory bandwidth and TLB misses, branch mispredictions, frequency throttling, and the
+other threads of a runtime. So the numbers are lower bounds on a warm core, labelled estimates.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List
+
+CLASSES = ("dot", "int_mac", "fp_mac", "simd_other", "load", "store", "branch", "scalar")
+
+
+@dataclass(frozen=True)
+class Core:
+    name: str
+    board: str
+    ghz: float
+    decode: int
+    vector_pipes: int      # ASIMD/FP pipes for dot, FP MAC and other SIMD
+    int_mac_pipes: int     # of them, the ones with integer multipliers
+    load_store: Dict[str, float]   # per-cycle rates: "load", "store", or "shared" for both
+    integer: int
+    has_dot: bool
+
+    def cycles(self, n: Dict[str, float]) -> Dict[str, float]:
+        """Cycles each resource needs for the per-call counts ``n``; "bound" is the largest."""
+        if n["dot"] and not self.has_dot:
+            raise ValueError(f"{self.name} has no dot-product instructions; this code would not run there")
+        vector = n["dot"] + n["int_mac"] + n["fp_mac"] + n["simd_other"]
+        if "shared" in self.load_store:
+            memory = (n["load"] + n["store"]) / self.load_store["shared"]
+        else:
+            memory = max(n["load"] / self.load_store["load"], n["store"] / self.load_store["store"])
+        out = {
+            "decode": sum(n[c] for c in CLASSES) / self.decode,
+            "vector": max(vector / self.vector_pipes, n["int_mac"] / self.int_mac_pipes),
+            "load_store": memory,
+            "integer": n["scalar"] / self.integer,
+            "branch": n["branch"],
+        }
+        out["bound"] = max(out.values())
+        return out
+
+
+CORES = (
+    Core("cortex-a76", "Raspberry Pi 5", 2.4, 4, 2, 1, {"shared": 2.0}, 3, True),
+    Core("cortex-a72", "Raspberry Pi 4", 1.8, 3, 2, 1, {"load": 1.0, "store": 1.0}, 2, False),
+)
+
+
+def per_call(path: Path) -> Dict[str, float]:
+    """Counts between marker 1 and marker 2 of one plugin output, divided by the calls in between."""
+    lines = [line.split() for line in path.read_text().splitlines() if line.strip()]
+    header = lines[0][1:]
+    if tuple(header) != CLASSES:
+        raise ValueError(f"{path}: classes {header}, expected {CLASSES} (plugin and model out of step)")
+    marks = {int(words[1]): [int(v) for v in words[2:]] for words in lines[1:] if words[0] == "mark"}
+    if 1 not in marks or 2 not in marks:
+        raise ValueError(f"{path}: markers 1 and 2 missing (the probe failed before its second marker?)")
+    calls = int(json.loads(path.with_suffix(".json").read_text())["calls"])
+    return {c: (marks[2][k] - marks[1][k]) / calls for k, c in enumerate(CLASSES)}
+
+
+def estimate(n: Dict[str, float]) -> Dict[str, object]:
+    row: Dict[str, object] = {"instructions": {c: round(n[c]) for c in CLASSES},
+                              "total_instructions": round(sum(n.values()))}
+    for core in CORES:
+        try:
+            cyc = core.cycles(n)
+        except ValueError as exc:
+            row[core.name] = {"status": "not runnable", "reason": str(exc)}
+            continue
+        limit = max((k for k in cyc if k != "bound"), key=cyc.get)
+        row[core.name] = {"ms": round(cyc["bound"] / (core.ghz * 1e6), 3), "bound_by": limit,
+                          "cycles": {k: round(v) for k, v in cyc.items()}}
+    return row
+
+
+def report(counts_dir: Path) -> dict:
+    rows = []
+    for path in sorted(counts_dir.glob("*.txt")):
+        meta = json.loads(path.with_suffix(".json").read_text())
+        rows.append({**meta, "status": "emulated", **estimate(per_call(path))})
+    return {"model": __doc__.split("\n\n")[1].split("\n")[0], "cores": [c.__dict__ for c in CORES],
+            "qemu_cpu": "neoverse-n1", "rows": rows}
+
+
+def markdown(result: dict) -> str:
+    out = ["| workload | M instructions | dot | int MAC | FP MAC | other SIMD | loads | stores | "
+           "Pi 5 (A76) est. ms | Pi 4 (A72) est. ms |", "|" + "---|" * 10]
+    for r in result["rows"]:
+        i = r["instructions"]
+        cells = [f"{i[c] / 1e6:.1f}" for c in ("dot", "int_mac", "fp_mac", "simd_other", "load", "store")]
+        est = [f"{r[c]['ms']:.2f} ({r[c]['bound_by']})" if "ms" in r[c] else "not runnable"
+               for c in ("cortex-a76", "cortex-a72")]
+        out.append(f"| {r['name']} | {r['total_instructions'] / 1e6:.1f} | " + " | ".join(cells + est) + " |")
+    return "\n".join(out) + "\n"
+
+
+def main(argv: List[str] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    rep = sub.add_parser("report")
+    rep.add_argument("counts", type=Path)
+    rep.add_argument("out", type=Path)
+    rep.add_argument("--markdown", type=Path)
+    args = parser.parse_args(argv)
+    result = report(args.counts)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    table = markdown(result)
+    if args.markdown:
+        args.markdown.write_text(table)
+    print(table, end="")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
