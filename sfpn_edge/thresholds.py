@@ -1,23 +1,28 @@
 """Operating points: cosine thresholds measured at false-accept rates, keyed by detector and flip.
 
     points = model.operating_points(detector="mtcnn", flip=False)   # sfpn_edge.model_dir.ModelDir
-    op = points.at(1e-3)                                           # OperatingPoint(threshold, far, source)
+    op = points.at(1e-3)                    # OperatingPoint(threshold, far, source, genuine_accept, ...)
+    points.at(SECURITY["high"])             # --security high|balanced|convenient: FAR 1e-4 / 1e-3 / 1e-2
 
 Entries (in the manifest's ``thresholds`` or a calibration's ``operating_points``) look like
 ``{"far": 0.001, "threshold": 0.87, "flip": false, "crop": "detect", "detector": "mtcnn",
 "protocol": "CFP-FP"}``; ``detector`` absent means MTCNN (the only detector before it was
 recorded). Points measured on other crops (fiducials) are not detector thresholds and are ignored.
+An entry's ``tar`` (a calibration's cross-fitted genuine pairs) and ``GENUINE_ACCEPT`` (the built-in
+points) give the share of genuine pairs accepted at the threshold, with what it was measured on;
+interpolated points and given thresholds have none: no rate is reported that was not measured.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Any, Dict, Iterable, Optional
+from dataclasses import dataclass, field
+from typing import Any, Dict, Iterable, Mapping, Optional
 
 from sfpn_edge.errors import ModelError, SfpnError
 from sfpn_edge.models import WEIGHTS_SHA256
 
 DEFAULT_DETECTOR = "mtcnn"
+SECURITY = {"high": 1e-4, "balanced": 1e-3, "convenient": 1e-2}  # --security level -> FAR
 
 # Fallback points (cosine thresholds at false-accept rates) for the authors' DWC weights when the
 # manifest has none: the MTCNN pipeline (margin 0.10, fp32 ONNX Runtime), CFP-FP, all 7,000 pairs
@@ -46,13 +51,41 @@ BUILTIN: Dict[str, Dict[str, Dict[bool, Dict[float, float]]]] = {
 }
 
 
+# Share of CFP's genuine pairs (3,500 per protocol) accepted at each BUILTIN threshold, same runs as
+# BUILTIN (the thresholds reproduce it exactly): `python -m sfpn_edge.evaluate.framing --cfp
+# ../shared/data/cfp --detector mtcnn --margins 0.1 [--flip]` and the BlazeFace command above; the
+# "CFP-FF genuine accept" / "CFP-FP genuine accept" rows of its output.
+GENUINE_ACCEPT_ON = ("CFP genuine pairs (3,500 per protocol; FF frontal-frontal, FP frontal-profile), "
+                     "{detector} pipeline, fp32 ONNX Runtime, authors' DWC weights")
+GENUINE_ACCEPT: Dict[str, Dict[str, Dict[bool, Dict[float, Dict[str, float]]]]] = {
+    WEIGHTS_SHA256: {
+        "mtcnn": {
+            False: {1e-3: {"CFP-FF": 0.7826, "CFP-FP": 0.3100}, 2e-3: {"CFP-FF": 0.8154, "CFP-FP": 0.3737},
+                    5e-3: {"CFP-FF": 0.8629, "CFP-FP": 0.4814}, 1e-2: {"CFP-FF": 0.9026, "CFP-FP": 0.5854},
+                    2e-2: {"CFP-FF": 0.9280, "CFP-FP": 0.6700}, 5e-2: {"CFP-FF": 0.9606, "CFP-FP": 0.7889},
+                    1e-1: {"CFP-FF": 0.9751, "CFP-FP": 0.8506}},
+        },
+    },
+}
+
+
 @dataclass(frozen=True)
 class OperatingPoint:
-    """A decision threshold, the false-accept rate it was measured at (None if unknown), and its origin."""
+    """A decision threshold, the false-accept rate it was measured at (None if unknown), its origin,
+    and the measured share of genuine pairs it accepts ({protocol: rate}, None if not measured)
+    with what that was measured on."""
 
     threshold: float
     far: Optional[float]
     source: str
+    genuine_accept: Optional[Mapping[str, float]] = None
+    genuine_accept_on: Optional[str] = None
+
+    def to_dict(self) -> dict:
+        """The fields every verify/identify result carries."""
+        return {"threshold": round(self.threshold, 6), "far": self.far, "threshold_source": self.source,
+                "genuine_accept_rate": None if self.genuine_accept is None else dict(self.genuine_accept),
+                "genuine_accept_measured_on": self.genuine_accept_on}
 
 
 @dataclass(frozen=True)
@@ -61,6 +94,8 @@ class OperatingPoints:
 
     points: Dict[float, float]
     origin: str
+    genuine_accept: Mapping[float, Mapping[str, float]] = field(default_factory=dict)
+    genuine_accept_on: Optional[str] = None
 
     def __bool__(self) -> bool:
         return bool(self.points)
@@ -73,7 +108,9 @@ class OperatingPoints:
         fars = sorted(self.points)
         for f in fars:
             if math.isclose(f, far, rel_tol=1e-6):
-                return OperatingPoint(self.points[f], far, f"{self.origin}, FAR {far:g}")
+                rates = self.genuine_accept.get(f)
+                return OperatingPoint(self.points[f], far, f"{self.origin}, FAR {far:g}", rates,
+                                      self.genuine_accept_on if rates else None)
         if not fars[0] < far < fars[-1]:
             raise SfpnError(f"FAR {far:g} is outside the measured operating points "
                             f"({fars[0]:g} … {fars[-1]:g}); give a raw threshold instead")
@@ -87,6 +124,7 @@ class OperatingPoints:
 def from_entries(entries: Any, *, detector: str, flip: bool, where: str) -> OperatingPoints:
     """The points among ``entries`` for ``detector`` and ``flip`` (ModelError for a malformed entry)."""
     points: Dict[float, float] = {}
+    rates: Dict[float, Dict[str, float]] = {}
     protocol = where
     for entry in entries if isinstance(entries, list) else []:
         try:
@@ -100,7 +138,10 @@ def from_entries(entries: Any, *, detector: str, flip: bool, where: str) -> Oper
                              "threshold in [-1, 1])") from None
         points[far] = threshold
         protocol = f"{where} ({entry.get('protocol', 'unnamed protocol')})"
-    return OperatingPoints(points, protocol)
+        tar = entry.get("tar")
+        if isinstance(tar, (int, float)) and not isinstance(tar, bool) and 0.0 <= tar <= 1.0:
+            rates[far] = {str(entry.get("protocol", "genuine pairs")): float(tar)}
+    return OperatingPoints(points, protocol, rates, f"the genuine pairs of the {protocol} measurement" if rates else None)
 
 
 def for_model(manifest: Dict[str, Any], *, detector: str = DEFAULT_DETECTOR, flip: bool = False) -> OperatingPoints:
@@ -109,8 +150,11 @@ def for_model(manifest: Dict[str, Any], *, detector: str = DEFAULT_DETECTOR, fli
                          detector=detector, flip=flip, where="manifest")
     if found:
         return found
-    builtin = BUILTIN.get(manifest.get("source_sha256"), {}).get(detector, {}).get(flip, {})
-    return OperatingPoints(dict(builtin), "built-in CFP-FP measurement for the DWC weights")
+    sha = manifest.get("source_sha256")
+    builtin = BUILTIN.get(sha, {}).get(detector, {}).get(flip, {})
+    rates = GENUINE_ACCEPT.get(sha, {}).get(detector, {}).get(flip, {})
+    return OperatingPoints(dict(builtin), "built-in CFP-FP measurement for the DWC weights", rates,
+                           GENUINE_ACCEPT_ON.format(detector=detector) if rates else None)
 
 
 def for_calibration(entries: Iterable, *, detector: str = DEFAULT_DETECTOR, flip: bool = False) -> OperatingPoints:
