@@ -54,7 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", metavar="FILE", help="write the full result as JSON")
     p.add_argument("--markdown", metavar="FILE", help="write the tables as Markdown")
     p.add_argument("--plots", metavar="DIR", help="write PNG plots (needs matplotlib)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress on stderr (a bar on a terminal, else one line per step)")
+    p.add_argument("--wide", action="store_true",
+                   help="every column in the table (default: the columns that fit the terminal, 80 at least)")
     return p
 
 
@@ -271,7 +274,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         result = run(args)
-        report.render(result)
+        report.render(result, wide=args.wide)
         write_outputs(result, args)
     except SfpnError as exc:
         print(f"sfpn_edge.bench: error: {exc}", file=sys.stderr)

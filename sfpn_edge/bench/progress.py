@@ -1,4 +1,4 @@
-"""Progress display for the bench: a rich bar on stderr, or one line per step without rich."""
+"""Progress display for the bench: a rich bar on a terminal, else one line per step on stderr."""
 from __future__ import annotations
 
 import sys
@@ -6,12 +6,13 @@ from typing import Callable
 
 
 class Progress:
-    """A rich progress bar when rich is installed and wanted, else one line per step on stderr."""
+    """A rich progress bar when rich is installed and stderr is a terminal, else one line per step
+    on stderr (a pipe or log file sees every step)."""
 
     def __init__(self, total: int, enabled: bool):
         self.total, self.done, self.bar = total, 0, None
         self.enabled = enabled
-        if enabled:
+        if enabled and sys.stderr.isatty():
             try:
                 from rich.progress import BarColumn, Progress as RichProgress, TextColumn, TimeElapsedColumn
             except ImportError:
