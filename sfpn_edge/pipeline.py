@@ -94,6 +94,8 @@ class Identification:
     face: FaceFound
     candidates: List[Match]
     threshold: float
+    genuine_accept: Optional[Dict[str, float]] = None  # measured share of genuine pairs accepted at the threshold
+    genuine_accept_on: Optional[str] = None  # what that share was measured on
 
     @property
     def score(self) -> float:
@@ -358,7 +360,8 @@ class FaceVerifier:
         ((desc, faces),) = self.embed_photos([image], timings=timings)
         with _timer(timings, "search"):
             matches = gallery.identify_batch(desc, k)
-        return [Identification(face, cands, op.threshold) for face, cands in zip(faces, matches)]
+        return [Identification(face, cands, op.threshold, op.genuine_accept, op.genuine_accept_on)
+                for face, cands in zip(faces, matches)]
 
     def _one_face_each(self, what: str) -> None:
         if self.face_policy == "all":

@@ -154,3 +154,20 @@ def test_progress_bar_on_a_terminal():
     piped = io.StringIO()
     Progress(2, stream=piped).step("x.jpg")
     assert piped.getvalue() == "[1/2] x.jpg\n"
+
+
+def test_library_results_carry_the_measured_rate(model_dir, mtcnn_dir, cfp_root, tmp_path):
+    from sfpn_edge import FaceGallery, FaceVerifier
+    from sfpn_edge.models import WEIGHTS_SHA256
+    from sfpn_edge.thresholds import GENUINE_ACCEPT
+
+    measured = GENUINE_ACCEPT[WEIGHTS_SHA256]["mtcnn"][True][1e-2]
+    verifier = FaceVerifier(model_dir, detector="mtcnn", detector_weights=mtcnn_dir, threads=1, flip=True, far=1e-2)
+    result = verifier.verify(photo(cfp_root, 57, n=1), photo(cfp_root, 57, n=2))
+    assert result.genuine_accept == measured and "mtcnn pipeline" in result.genuine_accept_on
+    with FaceGallery(tmp_path / "g.db", model_sha256=verifier.model_sha256, dim=verifier.descriptor_dim) as g:
+        g.enroll("ada", verifier.embed_image(photo(cfp_root, 57, n=3))[0])
+        (found,) = verifier.identify(photo(cfp_root, 57, n=4), g, k=1)
+    assert found.genuine_accept == measured and found.threshold == result.threshold
+    loose = FaceVerifier(model_dir, detector="mtcnn", detector_weights=mtcnn_dir, threads=1, margin=0.2)
+    assert loose.operating_point.genuine_accept is None  # measured at margin 0.10, not this crop

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import List
+from pathlib import Path
+from typing import List, Sequence, Tuple
 
 import numpy as np
 
@@ -45,7 +46,8 @@ def run_dir(args: argparse.Namespace) -> int:
     return 0
 
 
-def _embed_person(verifier, gallery, name: str, paths, replace: bool, progress: Progress):
+def _embed_person(verifier, gallery, name: str, paths: Sequence[Path], replace: bool,
+                  progress: Progress) -> Tuple[List[Tuple[photos.Photo, np.ndarray]], List[photos.Skipped]]:
     """([(photo, descriptor [1, D])], [Skipped]) for one person's photos, each tried on its own."""
     read, skipped = [], []
     for path in paths:
@@ -69,7 +71,7 @@ def _embed_person(verifier, gallery, name: str, paths, replace: bool, progress: 
     return usable, skipped + duplicates
 
 
-def _reason(exc: Exception, path) -> str:
+def _reason(exc: Exception, path: Path) -> str:
     """The error message without its leading ``<path>: `` (the summary names the photo)."""
     text = str(exc)
     return text[len(f"{path}: "):] if text.startswith(f"{path}: ") else text

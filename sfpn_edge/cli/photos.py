@@ -4,9 +4,13 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple
 
 from sfpn_edge.io import IMAGE_SUFFIXES, read_file
+
+if TYPE_CHECKING:
+    from sfpn_edge.gallery import FaceGallery
+    from sfpn_edge.pipeline import FaceVerifier
 
 
 @dataclass(frozen=True)
@@ -52,7 +56,8 @@ def drop_duplicates(photos: Sequence[Photo], enrolled: Dict[str, str]) -> Tuple[
     return kept, skipped
 
 
-def known_photos(gallery, photos: Sequence[Photo], name: str, replace: bool) -> Dict[str, str]:
+def known_photos(gallery: Optional["FaceGallery"], photos: Sequence[Photo], name: str,
+                 replace: bool) -> Dict[str, str]:
     """The gallery's identities for these photos' hashes (``replace``: ``name``'s own do not count)."""
     if gallery is None:
         return {}
@@ -85,7 +90,7 @@ def scan_people(root: Path) -> Tuple[List[Tuple[str, List[Path]]], List[Skipped]
     return people, skipped
 
 
-def open_existing(db: Path, verifier):
+def open_existing(db: Path, verifier: "FaceVerifier") -> Optional["FaceGallery"]:
     """The gallery at ``db`` when it exists (checked now, before slow work), else None."""
     from sfpn_edge.gallery import FaceGallery
 
@@ -94,7 +99,7 @@ def open_existing(db: Path, verifier):
     return FaceGallery(db, model_sha256=verifier.model_sha256, dim=verifier.descriptor_dim, create=False)
 
 
-def create(db: Path, verifier, gallery: Optional[object]):
+def create(db: Path, verifier: "FaceVerifier", gallery: Optional["FaceGallery"]) -> "FaceGallery":
     """``gallery``, or a new one at ``db`` (made only once there is something to store)."""
     from sfpn_edge.gallery import FaceGallery
 
