@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterable, Mapping, Optional
+from typing import Any, Dict, Iterable, Mapping, Optional, Tuple
 
 from sfpn_edge.errors import ModelError, SfpnError
 from sfpn_edge.models import WEIGHTS_SHA256
@@ -82,6 +82,25 @@ GENUINE_ACCEPT: Dict[str, Dict[str, Dict[bool, Dict[float, Dict[str, float]]]]] 
     },
 }
 
+# FAR 1e-4, below what CFP-FP's 3,500 impostor pairs can measure: every CFP frontal-profile impostor
+# pair instead (9,675,796), genuine shares over every same-person pair (FP 19,388, FF 21,997), same
+# crops and rule (threshold rounded up), `python -m sfpn_edge.evaluate.low_far --cfp
+# ../shared/data/cfp --boxes B --detector D --margin M [--shift S] [--flip]` on the boxes
+# `evaluate.framing --save B` stored for the BUILTIN runs. {far: (threshold, genuine shares)}. At FAR
+# 1e-3 the same runs give 0.8530 / 0.8574 (MTCNN raw / flip) and 0.8540 / 0.8580 (BlazeFace), within
+# 0.003 of BUILTIN's protocol thresholds, so the two measurements line up.
+LOW_FAR_ORIGIN = "built-in measurement on all 9,675,796 CFP frontal-profile impostor pairs for the DWC weights"
+LOW_FAR_ON = ("all CFP same-person pairs (FF 21,997 frontal-frontal, FP 19,388 frontal-profile), {detector} "
+              "pipeline, fp32 ONNX Runtime, authors' DWC weights")
+LOW_FAR: Dict[str, Dict[str, Dict[bool, Dict[float, Tuple[float, Dict[str, float]]]]]] = {
+    WEIGHTS_SHA256: {
+        "mtcnn": {False: {1e-4: (0.8683, {"CFP-FF": 0.6270, "CFP-FP": 0.1276})},
+                  True: {1e-4: (0.8724, {"CFP-FF": 0.6323, "CFP-FP": 0.1323})}},
+        "blazeface": {False: {1e-4: (0.8694, {"CFP-FF": 0.6283, "CFP-FP": 0.1268})},
+                      True: {1e-4: (0.8734, {"CFP-FF": 0.6327, "CFP-FP": 0.1331})}},
+    },
+}
+
 
 @dataclass(frozen=True)
 class OperatingPoint:
@@ -110,6 +129,8 @@ class OperatingPoints:
     origin: str
     genuine_accept: Mapping[float, Mapping[str, float]] = field(default_factory=dict)
     genuine_accept_on: Optional[str] = None
+    sources: Mapping[float, Tuple[str, str]] = field(default_factory=dict)  # FAR -> (origin, measured on) of
+    # a point measured apart from the others (``LOW_FAR``)
 
     def __bool__(self) -> bool:
         return bool(self.points)
@@ -123,8 +144,9 @@ class OperatingPoints:
         for f in fars:
             if math.isclose(f, far, rel_tol=1e-6):
                 rates = self.genuine_accept.get(f)
-                return OperatingPoint(self.points[f], far, f"{self.origin}, FAR {far:g}", rates,
-                                      self.genuine_accept_on if rates else None)
+                origin, measured_on = self.sources.get(f, (self.origin, self.genuine_accept_on))
+                return OperatingPoint(self.points[f], far, f"{origin}, FAR {far:g}", rates,
+                                      measured_on if rates else None)
         if not fars[0] < far < fars[-1]:
             raise SfpnError(f"FAR {far:g} is outside the measured operating points "
                             f"({fars[0]:g} … {fars[-1]:g}); give a raw threshold instead")
@@ -165,10 +187,15 @@ def for_model(manifest: Dict[str, Any], *, detector: str = DEFAULT_DETECTOR, fli
     if found:
         return found
     sha = manifest.get("source_sha256")
-    builtin = BUILTIN.get(sha, {}).get(detector, {}).get(flip, {})
-    rates = GENUINE_ACCEPT.get(sha, {}).get(detector, {}).get(flip, {})
-    return OperatingPoints(dict(builtin), "built-in CFP-FP measurement for the DWC weights", rates,
-                           GENUINE_ACCEPT_ON.format(detector=detector) if rates else None)
+    points = dict(BUILTIN.get(sha, {}).get(detector, {}).get(flip, {}))
+    rates = dict(GENUINE_ACCEPT.get(sha, {}).get(detector, {}).get(flip, {}))
+    sources = {}
+    for far, (threshold, shares) in LOW_FAR.get(sha, {}).get(detector, {}).get(flip, {}).items():
+        if points and far < min(points):
+            points[far], rates[far] = threshold, shares
+            sources[far] = (LOW_FAR_ORIGIN, LOW_FAR_ON.format(detector=detector))
+    return OperatingPoints(points, "built-in CFP-FP measurement for the DWC weights", rates,
+                           GENUINE_ACCEPT_ON.format(detector=detector) if rates else None, sources)
 
 
 def for_calibration(entries: Iterable, *, detector: str = DEFAULT_DETECTOR, flip: bool = False) -> OperatingPoints:

@@ -116,8 +116,8 @@ def test_identify_several_photos_and_exit_status(cli, cfp_root, tmp_path):
 
 
 def test_security_levels_and_genuine_accept_rates(cli, cfp_root):
-    from sfpn_edge.thresholds import BUILTIN, GENUINE_ACCEPT
     from sfpn_edge.models import WEIGHTS_SHA256
+    from sfpn_edge.thresholds import BUILTIN, GENUINE_ACCEPT, LOW_FAR
 
     a, b = photo(cfp_root, 56, n=1), photo(cfp_root, 56, n=2)
     code, out, _ = cli("verify", a, b, "--security", "convenient", "--json")
@@ -132,8 +132,14 @@ def test_security_levels_and_genuine_accept_rates(cli, cfp_root):
     assert code == 0 and json.loads(out)["genuine_accept_rate"] is None
     code, out, _ = cli("verify", a, b, "--threshold", "0.5")
     assert code == 0 and "genuine-accept rate at this threshold: not measured" in out
-    code, _, err = cli("verify", a, b, "--security", "high")  # FAR 1e-4: below what CFP-FP can measure
-    assert code == 2 and "FAR 0.0001 is outside the measured operating points" in err
+    code, out, _ = cli("verify", a, b, "--security", "high", "--json")  # FAR 1e-4: on all CFP impostor pairs
+    high = json.loads(out)
+    threshold, shares = LOW_FAR[WEIGHTS_SHA256]["mtcnn"][False][1e-4]
+    assert code == 0 and high["far"] == 1e-4 and high["threshold"] == threshold > record["threshold"]
+    assert high["genuine_accept_rate"] == shares and "9,675,796" in high["threshold_source"]
+    assert "all CFP same-person pairs" in high["genuine_accept_measured_on"]
+    code, _, err = cli("verify", a, b, "--far", "1e-5")
+    assert code == 2 and "FAR 1e-05 is outside the measured operating points (0.0001 … 0.1)" in err
     with pytest.raises(SystemExit):  # one way to choose the threshold
         cli("verify", a, b, "--security", "balanced", "--far", "0.01")
 

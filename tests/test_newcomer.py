@@ -65,3 +65,27 @@ def test_fetch_weights_offline_says_what_to_do(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err
     assert f"sha256 mismatch for {fake.as_uri()}" in err and "No network" not in err
     assert not (tmp_path / "home" / "models").exists()
+
+
+def test_low_far_points_keep_their_false_accept_rate():
+    import numpy as np
+
+    from sfpn_edge.evaluate.low_far import measure
+
+    rng = np.random.default_rng(0)
+    people, paths, rows = 60, [], []
+    for person in range(people):
+        centre = rng.standard_normal(16)
+        for kind, n in (("frontal", 3), ("profile", 2)):
+            for i in range(n):
+                paths.append(f"cfp/Data/Images/{person:03d}/{kind}/{i + 1:02d}.jpg")
+                rows.append(centre + 0.6 * rng.standard_normal(16))
+    vectors = np.array(rows, np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    result = measure(vectors, paths, fars=(1e-3, 1e-2))
+    assert result["impostor_pairs"] == 180 * 120 - people * 6
+    assert result["genuine_pairs"] == {"FP": people * 6, "FF": people * 3}
+    low, high = result["points"]["0.001"], result["points"]["0.01"]
+    assert low["far_measured"] <= 1e-3 and high["far_measured"] <= 1e-2  # rounded up, never above the target
+    assert low["threshold"] > high["threshold"] and low["CFP-FP"] <= high["CFP-FP"]
+    assert round(low["threshold"], 4) == low["threshold"]
