@@ -90,6 +90,8 @@ def test_duplicate_photos_are_skipped_with_a_message(cli, cfp_root, tmp_path):
     assert code == 0 and f"{one}: skipped, duplicate: this photo is already enrolled as 'ada'" in err
     record = json.loads(out)
     assert record["added"] == 0 and record["images"] == 0 and record["identities"] == 1
+    code, out, _ = cli("enroll", "--db", db, "--name", "eve", one)
+    assert code == 0 and out.startswith("nothing new for 'eve': every photo is already enrolled")
     code, out, err = cli("enroll", "--db", db, "--name", "ada", one, two, two)
     assert code == 0 and "1 photo(s) added (2 duplicate(s) skipped), 2 stored" in out
     code, out, _ = cli("enroll", "--db", db, "--name", "ada", one, "--replace")  # its own photos do not count

@@ -92,6 +92,7 @@ def run_photos(args: argparse.Namespace) -> int:
 def _human(r: dict) -> str:
     lines = [f"{item['image']}: {describe_face(item)}" for item in r["faces"]]
     skipped = f" ({len(r['skipped'])} duplicate(s) skipped)" if r["skipped"] else ""
-    lines.append(f"enrolled {r['name']!r}: {r['added']} photo(s) added{skipped}, {r['images']} stored; "
+    head = f"enrolled {r['name']!r}" if r["added"] else f"nothing new for {r['name']!r}: every photo is already enrolled"
+    lines.append(f"{head}: {r['added']} photo(s) added{skipped}, {r['images']} stored; "
                  f"{r['identities']} identities in {r['db']}")
     return "\n".join(lines)
