@@ -94,3 +94,19 @@ def test_photo_hashes_are_checked_and_survive_reopening(tmp_path):
     with pytest.raises(GalleryError, match="opened read-only"):
         with FaceGallery(db, model_sha256=SHA, dim=DIM, readonly=True) as g:
             g.rename("ada", "bob")
+
+
+def test_format2_gallery_is_upgraded_keeping_its_rows(tmp_path):
+    db = tmp_path / "v2.db"
+    make(db, {"ada": [None, None]})
+    raw = sqlite3.connect(db)  # back to format 2: no photo_sha256 column
+    raw.executescript("DROP INDEX embeddings_photo; ALTER TABLE embeddings DROP COLUMN photo_sha256; "
+                      "UPDATE meta SET value = '2' WHERE key = 'format_version'; PRAGMA user_version = 2;")
+    raw.close()
+    with FaceGallery(db, model_sha256=SHA, dim=DIM, readonly=True) as g:
+        assert g.format_version == 2 and g.enrolled_photos(PHOTO) == {} and g.info()["photo_hashes"] == 0
+    with FaceGallery(db, model_sha256=SHA, dim=DIM) as g:  # writable: upgraded in one transaction
+        assert g.format_version == FORMAT_VERSION
+        g.enroll("bob", np.ones(DIM), photo_sha256=PHOTO[:1])
+        assert g.enrolled_photos(PHOTO) == {PHOTO[0]: "bob"}
+    assert check_gallery(db)["embeddings"] == 3 and check_gallery(db)["format_version"] == FORMAT_VERSION
