@@ -45,7 +45,8 @@ def test_info_without_any_backend_exits_0_and_says_what_is_missing(tmp_path):
     assert "backend onnxruntime: onnxruntime is not installed" in proc.stdout
     assert "auto -> no backend: nothing can run here" in proc.stdout and "pip install onnxruntime" in proc.stdout
     record = json.loads(run_cli(env, "info", "--json").stdout)
-    assert record["choice"]["backend"] is None and record["available_targets"] == []
+    assert record["choice"]["backend"] is None and record["choice_int8"]["backend"] is None
+    assert record["available_targets"] == []
     assert not any(b["available"] for b in record["backends"].values())
     proc = run_cli(env, "info", "--target", "cpu")  # a target asked for by name stays an error
     assert proc.returncode == 2 and "no CPU backend is available" in proc.stderr
