@@ -60,8 +60,8 @@ STAGE_COLUMNS = [
 
 
 # Columns in the order a compact table keeps them, while they fit the width.
-COMPACT = ("backend", "precision", "threads", "p50_ms", "speedup_vs_baseline", "throughput_fps", "cosine_vs_fp32",
-           "cfp_fp_accuracy", "cfp_ff_accuracy", "peak_rss_mb", "p95_ms", "stage", "impl", "unit", "speedup",
+COMPACT = ("backend", "precision", "threads", "p50_ms", "speedup_vs_baseline", "cfp_fp_accuracy", "cfp_ff_accuracy",
+           "throughput_fps", "cosine_vs_fp32", "peak_rss_mb", "p95_ms", "stage", "impl", "unit", "speedup",
            "cold_start_s", "model_size_mb", "best_batch", "cfp_fp_eer", "workload")
 SHORT_HEADERS = {"precision": "prec", "threads": "thr", "p50_ms": "ms/face", "speedup_vs_baseline": "vs ORT",
                  "throughput_fps": "faces/s", "cosine_vs_fp32": "cos fp32", "cfp_fp_accuracy": "FP %",
