@@ -44,6 +44,7 @@ setup(
         "sfpn_edge.kernels",
         "sfpn_edge.converters",
     ],
+    package_data={"sfpn_edge": ["py.typed"]},  # PEP 561: the package ships its type hints
     package_dir={
         "sfpn_edge": "sfpn_edge",
         "sfpn_edge.kernels": "kernels",

@@ -39,6 +39,7 @@ from sfpn_edge.converters import native_export, tflite_quantize
 from sfpn_edge.converters.calibration_data import (CalibrationSet, calibration_crops, cfp_calibration_samples,
                                                    check_crops, example_calibration)
 from sfpn_edge.errors import SfpnError
+from sfpn_edge.progress import Progress
 
 ORT_INT8 = "model_int8.onnx"
 OV_INT8 = "model_int8.xml"
@@ -161,9 +162,11 @@ def quantize_openvino(fp32_model: Path, out_xml: Path, crops: np.ndarray, *,
     return "qdq-onnx"
 
 
-def quantize_model_dir(model_dir: Path, calibration: CalibrationSet, *, use_nncf: Optional[bool] = None) -> dict:
+def quantize_model_dir(model_dir: Path, calibration: CalibrationSet, *, use_nncf: Optional[bool] = None,
+                       progress: bool = True) -> dict:
     """Add int8 models for ONNX Runtime, OpenVINO, the native engine and LiteRT, all calibrated on
-    ``calibration``, to ``model_dir`` and record them in its manifest."""
+    ``calibration``, to ``model_dir`` and record them in its manifest (``progress``: a bar on a
+    terminal, else a line per model, on stderr)."""
     model_dir = Path(model_dir)
     crops, source = calibration.crops, calibration.record["source"]
     manifest = models.load_manifest(model_dir)
@@ -175,25 +178,32 @@ def quantize_model_dir(model_dir: Path, calibration: CalibrationSet, *, use_nncf
     files = manifest["files"]
     record = {**calibration.record, "count": int(len(crops)), "method": "minmax",
               "onnxruntime": "QDQ, per-channel int8 weights (7-bit in the first conv), uint8 activations"}
+    steps = 2 + ("openvino" in files) + ("fp32" in files.get("litert", {}))
+    report = Progress(steps, "int8 models", enabled=progress)
     # Build in a private temp dir, then move into place: a failure leaves the directory as it was.
     with tempfile.TemporaryDirectory(dir=model_dir, prefix=".quantize-") as tmp:
         tmp = Path(tmp)
+        report.step(f"int8: ONNX Runtime QDQ on {len(crops)} calibration crops")
         quantize_onnx(fp32_onnx, tmp / ORT_INT8, crops)
         made = [ORT_INT8, native_export.NATIVE_INT8]
+        report.step("int8: native engine plan")
         plan, arrays = native_export.build_plan(fp32_onnx, crops, manifest["mean"], source)
         native_export.save_plan(tmp / native_export.NATIVE_INT8, plan, arrays)
         record["native"] = native_export.describe(plan)
         if "openvino" in files:
+            report.step("int8: OpenVINO IR")
             fp32_ov = models.model_file(model_dir, "openvino", "fp32")
             how = quantize_openvino(fp32_ov, tmp / OV_INT8, crops, qdq_onnx=tmp / ORT_INT8, use_nncf=use_nncf)
             made += [OV_INT8, Path(OV_INT8).with_suffix(".bin").name]
             record["openvino"] = ("NNCF post-training quantization (performance preset)" if how == "nncf"
                                   else "QDQ ONNX converted to IR")
         if "fp32" in files.get("litert", {}):
+            report.step("int8: LiteRT")
             (tmp / tflite_quantize.INT8_FILE).write_bytes(tflite_quantize.quantize_tflite(
                 models.model_file(model_dir, "litert", "fp32"), fp32_onnx, crops, description=source))
             made.append(tflite_quantize.INT8_FILE)
             record["litert"] = tflite_quantize.DESCRIPTION
+        report.close()
         for name in made:
             (tmp / name).chmod(0o644)
             os.replace(tmp / name, model_dir / name)

@@ -7,7 +7,8 @@
 The file is a SQLite database (stdlib ``sqlite3``, WAL journal) marked with our own
 ``application_id``: a ``meta`` table (format, model sha256, descriptor dim), ``identities``
 and ``embeddings`` (L2-normalised float32 little-endian BLOBs, never pickle, each row with a
-CRC-32 of its identity's name and vector: ``row_checksum``). Every enrolment
+CRC-32 of its identity's name and vector: ``row_checksum``, and the sha256 of the photo it came
+from when known, so a photo is never stored twice: ``enrolled_photos``). Every enrolment
 or removal is one transaction, so a process killed at any moment loses at most the change in
 flight; readers in other processes see committed states only and pick up changes on their
 next search (``PRAGMA data_version``). A new file appears atomically, fully initialised.
@@ -20,8 +21,9 @@ enrolment / profile probes, see ``DEFAULT_TEMPLATE``) or every embedding (best o
 Damage is refused, never served: only regular files are opened (a FIFO or device as the path
 fails at once); opening for writing runs ``PRAGMA quick_check``; every embedding read is checked
 (size, finite, unit norm, row checksum); ``check_gallery`` (``sfpn-edge gallery check``) runs all
-of it on demand. Format 1 files (no checksums) are read as they are and upgraded in one
-transaction when opened for writing.
+of it on demand. Older files (format 1: no checksums; 2: no photo hashes) are read as they are
+and upgraded in one transaction when opened for writing; ``open_gallery`` opens a file with the
+model and size recorded in it (the ``sfpn-edge gallery`` commands, which need no model).
 """
 from __future__ import annotations
 
@@ -33,7 +35,7 @@ import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, List, Optional, Sequence, Union
+from typing import Dict, Iterable, List, Optional, Sequence, Union
 
 import numpy as np
 
@@ -44,7 +46,7 @@ from sfpn_edge.score import STORAGES, Gallery
 
 APPLICATION_ID = 0x53465047  # "SFPG", stored in the SQLite header (offset 68)
 FORMAT = "sfpn-edge-gallery"
-FORMAT_VERSION = 2  # 2 added embeddings.checksum
+FORMAT_VERSION = 3  # 2 added embeddings.checksum, 3 embeddings.photo_sha256
 SQLITE_MAGIC = b"SQLite format 3\x00"
 BUSY_TIMEOUT_S = 30.0
 MAX_NAME_CHARS = 256
@@ -69,9 +71,11 @@ CREATE TABLE embeddings (
     identity INTEGER NOT NULL REFERENCES identities(id) ON DELETE CASCADE,
     source TEXT,
     vector BLOB NOT NULL,
-    checksum INTEGER
+    checksum INTEGER,
+    photo_sha256 TEXT
 );
 CREATE INDEX embeddings_identity ON embeddings(identity);
+CREATE INDEX embeddings_photo ON embeddings(photo_sha256);
 """
 
 
@@ -203,16 +207,22 @@ class FaceGallery:
                                "restore a backup or enrol again into a new file")
 
     def _upgrade(self) -> None:
-        """Format 1 -> 2 in one transaction: add and fill the row checksums (rows checked first)."""
+        """To the current format in one transaction: 1 -> 2 adds and fills the row checksums
+        (rows checked first), 2 -> 3 adds the (unknown, NULL) photo hashes."""
         with self._transaction() as db:
-            if "checksum" not in [row[1] for row in db.execute("PRAGMA table_info(embeddings)")]:
+            columns = [row[1] for row in db.execute("PRAGMA table_info(embeddings)")]
+            if "checksum" not in columns:
                 db.execute("ALTER TABLE embeddings ADD COLUMN checksum INTEGER")
-            rows = db.execute("SELECT e.id, i.name, e.vector FROM embeddings e "
-                              "JOIN identities i ON i.id = e.identity").fetchall()
-            for _, name, blob in rows:
-                self._vector(name, blob, None)
-            db.executemany("UPDATE embeddings SET checksum = ? WHERE id = ?",
-                           [(row_checksum(name, blob), row) for row, name, blob in rows])
+            if self.format_version < 2:
+                rows = db.execute("SELECT e.id, i.name, e.vector FROM embeddings e "
+                                  "JOIN identities i ON i.id = e.identity").fetchall()
+                for _, name, blob in rows:
+                    self._vector(name, blob, None)
+                db.executemany("UPDATE embeddings SET checksum = ? WHERE id = ?",
+                               [(row_checksum(name, blob), row) for row, name, blob in rows])
+            if "photo_sha256" not in columns:
+                db.execute("ALTER TABLE embeddings ADD COLUMN photo_sha256 TEXT")
+            db.execute("CREATE INDEX IF NOT EXISTS embeddings_photo ON embeddings(photo_sha256)")
             db.execute("UPDATE meta SET value = ? WHERE key = 'format_version'", (str(FORMAT_VERSION),))
             db.execute(f"PRAGMA user_version = {FORMAT_VERSION}")
         self.format_version = FORMAT_VERSION
@@ -220,29 +230,32 @@ class FaceGallery:
     # -- writing ---------------------------------------------------------------------------
 
     def enroll(self, name: str, embeddings: np.ndarray, sources: Optional[Sequence[str]] = None,
-               *, replace: bool = False) -> Identity:
+               *, replace: bool = False, photo_sha256: Optional[Sequence[Optional[str]]] = None) -> Identity:
         """Add embeddings [n, D] (or [D]) under ``name`` in one transaction; return the identity.
 
         An existing name gets the new embeddings added, or replaced when ``replace``.
+        ``photo_sha256``: the hex sha256 of each embedding's photo (``enrolled_photos`` finds them).
         """
-        return self.enroll_many([(name, embeddings, sources)], replace=replace)[0]
+        return self.enroll_many([(name, embeddings, sources, photo_sha256)], replace=replace)[0]
 
     def enroll_many(self, items: Iterable[tuple], *, replace: bool = False) -> List[Identity]:
-        """``enroll`` for many ``(name, embeddings[, sources])`` at once, all in one transaction."""
+        """``enroll`` for many ``(name, embeddings[, sources[, photo_sha256]])`` at once, in one transaction."""
         checked = []
         for item in items:
-            name, embeddings, sources = (tuple(item) + (None,))[:3]
+            name, embeddings, sources, hashes = (tuple(item) + (None, None))[:4]
             vectors = self._check_embeddings(embeddings)
             sources = list(sources) if sources is not None else [None] * len(vectors)
-            if len(sources) != len(vectors):
-                raise EmbeddingError(f"{len(sources)} sources for {len(vectors)} embeddings")
-            checked.append((check_name(name), vectors, [None if s is None else _text(s) for s in sources]))
+            hashes = [_photo_hash(h) for h in hashes] if hashes is not None else [None] * len(vectors)
+            if len(sources) != len(vectors) or len(hashes) != len(vectors):
+                raise EmbeddingError(f"{len(sources)} sources and {len(hashes)} photo hashes for "
+                                     f"{len(vectors)} embeddings")
+            checked.append((check_name(name), vectors, [None if s is None else _text(s) for s in sources], hashes))
         self._require_writable()
         with self._transaction() as db:
-            return [self._insert(db, name, vectors, sources, replace) for name, vectors, sources in checked]
+            return [self._insert(db, *item, replace) for item in checked]
 
     @staticmethod
-    def _insert(db: sqlite3.Connection, name: str, vectors: np.ndarray, sources: list,
+    def _insert(db: sqlite3.Connection, name: str, vectors: np.ndarray, sources: list, hashes: list,
                 replace: bool) -> Identity:
         row = db.execute("SELECT id, enrolled FROM identities WHERE name = ?", (name,)).fetchone()
         if row is not None and replace:
@@ -255,8 +268,9 @@ class FaceGallery:
         else:
             ident, enrolled = row
         blobs = [v.astype("<f4").tobytes() for v in vectors]
-        db.executemany("INSERT INTO embeddings (identity, source, vector, checksum) VALUES (?, ?, ?, ?)",
-                       [(ident, s, b, row_checksum(name, b)) for b, s in zip(blobs, sources)])
+        db.executemany("INSERT INTO embeddings (identity, source, vector, checksum, photo_sha256) "
+                       "VALUES (?, ?, ?, ?, ?)",
+                       [(ident, s, b, row_checksum(name, b), h) for b, s, h in zip(blobs, sources, hashes)])
         count = db.execute("SELECT COUNT(*) FROM embeddings WHERE identity = ?", (ident,)).fetchone()[0]
         return Identity(name, count, enrolled)
 
@@ -266,6 +280,34 @@ class FaceGallery:
         with self._transaction() as db:
             removed = db.execute("DELETE FROM identities WHERE name = ?", (name,)).rowcount
         return removed > 0
+
+    def remove_many(self, names: Sequence[str]) -> None:
+        """Delete every one of ``names`` in one transaction; GalleryError (nothing deleted) if one is not enrolled."""
+        self._require_writable()
+        with self._transaction() as db:
+            for name in names:
+                if db.execute("DELETE FROM identities WHERE name = ?", (name,)).rowcount == 0:
+                    raise GalleryError(f"{self.path}: {name!r} is not enrolled; nothing was removed")
+
+    def rename(self, old: str, new: str) -> Identity:
+        """Give ``old``'s embeddings the name ``new`` (row checksums rewritten); GalleryError if
+        ``old`` is not enrolled or ``new`` is taken."""
+        check_name(new)
+        self._require_writable()
+        with self._transaction() as db:
+            row = db.execute("SELECT id, enrolled FROM identities WHERE name = ?", (old,)).fetchone()
+            if row is None:
+                raise GalleryError(f"{self.path}: {old!r} is not enrolled")
+            if db.execute("SELECT 1 FROM identities WHERE name = ?", (new,)).fetchone():
+                raise GalleryError(f"{self.path}: {new!r} is already enrolled; remove it first")
+            rows = db.execute("SELECT id, vector, checksum FROM embeddings WHERE identity = ?",
+                              (row[0],)).fetchall()  # writable: upgraded, so every row has a checksum
+            for _, blob, checksum in rows:
+                self._vector(old, blob, checksum)
+            db.execute("UPDATE identities SET name = ? WHERE id = ?", (new, row[0]))
+            db.executemany("UPDATE embeddings SET checksum = ? WHERE id = ?",
+                           [(row_checksum(new, blob), ident) for ident, blob, _ in rows])
+        return Identity(new, len(rows), row[1])
 
     def _require_writable(self) -> None:
         if self.readonly:
@@ -308,6 +350,28 @@ class FaceGallery:
         if not rows:
             raise KeyError(name)
         return np.stack([self._vector(*row) for row in rows])
+
+    def enrolled_photos(self, photo_sha256: Iterable[str]) -> Dict[str, str]:
+        """Which of these photo hashes are already stored: {sha256: identity name}."""
+        wanted = sorted({_photo_hash(h) for h in photo_sha256})
+        if self.format_version < 3 or not wanted:
+            return {}
+        found: Dict[str, str] = {}
+        for start in range(0, len(wanted), 500):  # SQLite's bound-parameter limit
+            part = wanted[start:start + 500]
+            found.update(self._query(
+                "SELECT e.photo_sha256, i.name FROM embeddings e JOIN identities i ON i.id = e.identity "
+                f"WHERE e.photo_sha256 IN ({', '.join('?' * len(part))})", tuple(part)))
+        return found
+
+    def info(self) -> dict:
+        """What the file holds: format, model, size, creation time, counts (no rows are read)."""
+        meta = dict(self._query("SELECT key, value FROM meta"))
+        photos = self._query("SELECT COUNT(*), COUNT(photo_sha256) FROM embeddings" if self.format_version >= 3
+                             else "SELECT COUNT(*), 0 FROM embeddings")[0]
+        return {"db": str(self.path), "format_version": self.format_version, "model_sha256": self.model_sha256,
+                "descriptor_dim": self.dim, "created": meta.get("created"), "identities": len(self),
+                "embeddings": photos[0], "photo_hashes": photos[1], "bytes": self.path.stat().st_size}
 
     def identify(self, probe: np.ndarray, k: int = 5) -> List[Match]:
         """The ``k`` closest identities to one probe embedding [D], best first."""
@@ -426,14 +490,15 @@ class FaceGallery:
         return f"<FaceGallery {self.path} template={self.template} storage={self.storage}>"
 
 
-def check_gallery(path: Union[str, os.PathLike]) -> dict:
-    """Check a gallery file without its model; a summary, or GalleryError naming the failed check.
+def open_gallery(path: Union[str, os.PathLike], *, readonly: bool = True) -> FaceGallery:
+    """An existing gallery opened with the model sha256 and descriptor size recorded in it."""
+    meta = _read_meta(Path(path))
+    return FaceGallery(path, model_sha256=meta.get("model_sha256", ""), dim=int(meta["descriptor_dim"]),
+                       readonly=readonly, create=False, template="all")
 
-    Checks: regular SQLite file with our application id; ``PRAGMA quick_check``; meta (format,
-    version, model, descriptor size); ``PRAGMA foreign_key_check``; every embedding row (size,
-    checksum, finite, unit norm). Read-only: a format 1 file is checked, not upgraded.
-    """
-    path = Path(path)
+
+def _read_meta(path: Path) -> dict:
+    """The meta table of the gallery at ``path`` (immutable read), descriptor_dim checked."""
     _check_header(path)
     if not path.exists():
         raise GalleryError(f"{path}: no such gallery")
@@ -446,8 +511,18 @@ def check_gallery(path: Union[str, os.PathLike]) -> dict:
     dim = meta.get("descriptor_dim", "")
     if not dim.isdigit() or not 0 < int(dim) <= 1 << 20:
         raise GalleryError(f"{path}: damaged gallery: descriptor_dim {dim!r} in its meta table")
-    with FaceGallery(path, model_sha256=meta.get("model_sha256", ""), dim=int(dim), readonly=True,
-                     template="all") as gallery:
+    return meta
+
+
+def check_gallery(path: Union[str, os.PathLike]) -> dict:
+    """Check a gallery file without its model; a summary, or GalleryError naming the failed check.
+
+    Checks: regular SQLite file with our application id; ``PRAGMA quick_check``; meta (format,
+    version, model, descriptor size); ``PRAGMA foreign_key_check``; every embedding row (size,
+    checksum, finite, unit norm). Read-only: a format 1 file is checked, not upgraded.
+    """
+    path = Path(path)
+    with open_gallery(path) as gallery:
         gallery.quick_check()
         if gallery._query("PRAGMA foreign_key_check"):
             raise GalleryError(f"{path}: damaged gallery: PRAGMA foreign_key_check found embeddings "
@@ -461,6 +536,16 @@ def check_gallery(path: Union[str, os.PathLike]) -> dict:
 def _normalise(x: np.ndarray) -> np.ndarray:
     """Unit-length float32 rows (the scoring kernel: subnormal rows too; zero rows stay zero)."""
     return l2_normalize(np.ascontiguousarray(x, np.float32))
+
+
+def _photo_hash(value: Optional[str]) -> Optional[str]:
+    """A photo's sha256 as 64 lower-case hex digits (None: unknown), else EmbeddingError."""
+    if value is None:
+        return None
+    text = str(value).lower()
+    if len(text) != 64 or any(c not in "0123456789abcdef" for c in text):
+        raise EmbeddingError(f"a photo hash must be 64 hex digits (sha256), got {value!r}")
+    return text
 
 
 def row_checksum(name: str, blob: bytes) -> int:

@@ -61,7 +61,7 @@ def read_image(source: ImageSource, name: Optional[str] = None) -> np.ndarray:
     if isinstance(source, (bytes, bytearray, memoryview)):
         data, label = bytes(source), name or "<bytes>"
     else:
-        data, label = _read_file(Path(source)), name or str(source)
+        data, label = read_file(Path(source)), name or str(source)
     if not data:
         raise ImageError(f"{label}: empty file")
     jpeg = _jpeg_info(data, label) if data[:2] == b"\xff\xd8" else None
@@ -97,7 +97,8 @@ def read_image(source: ImageSource, name: Optional[str] = None) -> np.ndarray:
     raise ImageError(f"{label}: corrupt or unsupported image data{detail}")
 
 
-def _read_file(path: Path) -> bytes:
+def read_file(path: Path) -> bytes:
+    """The bytes of an image file, read within ``MAX_FILE_BYTES``; ImageError naming the file."""
     try:
         return bounded_read.read_bytes(path, MAX_FILE_BYTES)
     except bounded_read.LimitError as exc:

@@ -97,6 +97,8 @@ class Identification:
     face: FaceFound
     candidates: List[Match]
     threshold: float
+    genuine_accept: Optional[Dict[str, float]] = None  # measured share of genuine pairs accepted at the threshold
+    genuine_accept_on: Optional[str] = None  # what that share was measured on
 
     @property
     def score(self) -> float:
@@ -123,14 +125,15 @@ class VerifyResult:
     threshold_source: str
     faces: Tuple[FaceFound, FaceFound]
     timings_ms: Dict[str, float] = field(default_factory=dict)
+    genuine_accept: Optional[Dict[str, float]] = None  # measured share of genuine pairs accepted at the threshold
+    genuine_accept_on: Optional[str] = None  # what that share was measured on
 
     def to_dict(self) -> dict:
         return {
             "score": round(self.score, 6),
             "same": self.same,
-            "threshold": round(self.threshold, 6),
-            "far": self.far,
-            "threshold_source": self.threshold_source,
+            **OperatingPoint(self.threshold, self.far, self.threshold_source, self.genuine_accept,
+                             self.genuine_accept_on).to_dict(),
             "faces": [f.to_dict() for f in self.faces],
             "timings_ms": {k: round(v, 3) for k, v in self.timings_ms.items()},
         }
@@ -247,7 +250,7 @@ class FaceVerifier:
         measured_at = self.model.margin(self.detector_name)
         if not math.isclose(self.margin, measured_at):
             op = OperatingPoint(op.threshold, op.far, f"{op.source}; measured at crop margin {measured_at:g}, "
-                                                      f"this verifier uses {self.margin:g}")
+                                                      f"this verifier uses {self.margin:g}")  # rates not measured here
         return op
 
     def describe(self) -> dict:
@@ -364,7 +367,8 @@ class FaceVerifier:
         ((desc, faces),) = self.embed_photos([image], timings=timings)
         with _timer(timings, "search"):
             matches = gallery.identify_batch(desc, k)
-        return [Identification(face, cands, op.threshold) for face, cands in zip(faces, matches)]
+        return [Identification(face, cands, op.threshold, op.genuine_accept, op.genuine_accept_on)
+                for face, cands in zip(faces, matches)]
 
     def _one_face_each(self, what: str) -> None:
         if self.face_policy == "all":
@@ -382,7 +386,7 @@ class FaceVerifier:
             score = float(cosine_pairs(desc[:1], desc[1:])[0])
         timings["total"] = (time.perf_counter() - start) * 1e3
         return VerifyResult(score, score >= op.threshold, op.threshold, op.far, op.source,
-                            (found[0], found[1]), timings)
+                            (found[0], found[1]), timings, op.genuine_accept, op.genuine_accept_on)
 
 
 def _label(image, i: int) -> str:

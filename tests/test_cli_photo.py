@@ -82,9 +82,9 @@ def test_enroll_identify_round_trip(cli, cfp_root, tmp_path):
     assert scores == sorted(scores, reverse=True)
     code, text, _ = cli("identify", "--db", db, photo(cfp_root, 22, "profile", 2), "--template", "all",
                         "--storage", "int8")
-    assert code == 0 and "1. person22" in text
-    code, record, _ = cli("identify", "--db", db, photo(cfp_root, 30), json_out=True)
-    assert code == 0 and record["match"] is None  # a stranger: nobody reaches the FAR 1e-3 threshold
+    assert "1. person22" in text and code == (0 if "match: person22" in text else 1)  # exit 1: no match
+    code, text, _ = cli("identify", "--db", db, photo(cfp_root, 30))
+    assert code == 1 and "no match" in text  # a stranger: nobody reaches the FAR 1e-3 threshold (exit 1)
 
 
 def bad_files(tmp_path, cfp_root):

@@ -373,6 +373,7 @@ def test_format1_gallery_is_read_as_is_and_upgraded_when_written(tmp_path):
     rows = raw.execute("SELECT i.name, e.vector, e.checksum FROM embeddings e JOIN identities i "
                        "ON i.id = e.identity").fetchall()
     assert raw.execute("SELECT value FROM meta WHERE key = 'format_version'").fetchone()[0] == str(FORMAT_VERSION)
+    assert "photo_sha256" in [row[1] for row in raw.execute("PRAGMA table_info(embeddings)")]  # format 3
     raw.close()
     assert len(rows) == 11 and all(c == row_checksum(n, v) for n, v, c in rows)
     assert check_gallery(db)["embeddings"] == 11

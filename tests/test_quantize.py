@@ -1,6 +1,8 @@
 """int8 quantization calibrated on real CFP crops, and its accuracy against fp32 on a CFP-FP subset."""
 from __future__ import annotations
 
+import contextlib
+import io
 import shutil
 
 import numpy as np
@@ -28,8 +30,17 @@ def calibration(cfp_root, model_dir):
 def int8_dir(model_dir, calibration, tmp_path_factory):
     out = tmp_path_factory.mktemp("int8") / "model"
     shutil.copytree(model_dir, out)
-    quantize.quantize_model_dir(out, CalibrationSet(calibration[1], {"scheme": "cfp", "source": f"CFP test subset, {CALIBRATION} images"}))
+    log = io.StringIO()
+    with contextlib.redirect_stderr(log):  # kept for test_quantization_reports_progress
+        quantize.quantize_model_dir(out, CalibrationSet(calibration[1], {"scheme": "cfp", "source": f"CFP test subset, {CALIBRATION} images"}))
+    (out.parent / "stderr.txt").write_text(log.getvalue())
     return out
+
+
+def test_quantization_reports_progress(int8_dir):
+    lines = [ln for ln in (int8_dir.parent / "stderr.txt").read_text().splitlines() if ln.startswith("[")]
+    assert lines[:2] == [f"[1/4] int8: ONNX Runtime QDQ on {CALIBRATION} calibration crops", "[2/4] int8: native engine plan"]
+    assert lines[2:] == ["[3/4] int8: OpenVINO IR", "[4/4] int8: LiteRT"]
 
 
 @pytest.fixture(scope="module")

@@ -20,13 +20,14 @@ TARGETS = ("cpu", "arm", "vpu", "auto")
 @dataclass(frozen=True)
 class Environment:
     """What the policy looks at. ``None`` for a library that is not importable (``litert``: the
-    LiteRT version when the litert extra is installed)."""
+    LiteRT version when the litert extra is installed; ``native``: the int8 engine kernel imports)."""
 
     platform: platform_info.PlatformInfo
     openvino_devices: Optional[tuple] = None
     ort_providers: Optional[tuple] = None
     versions: dict = field(default_factory=dict)
     litert: Optional[str] = None
+    native: bool = True
 
     @classmethod
     def detect(cls) -> "Environment":
@@ -49,7 +50,13 @@ class Environment:
         litert = litert_version()
         if litert is not None:
             versions["litert"] = litert
-        return cls(platform_info.detect(), ov_devices, ort_providers, versions, litert)
+        try:
+            import sfpn_edge.kernels.engine  # noqa: F401  (built with the package; absent in a broken build)
+
+            native = True
+        except ImportError:
+            native = False
+        return cls(platform_info.detect(), ov_devices, ort_providers, versions, litert, native)
 
     def has_ov(self, family: str) -> bool:
         return any(d.split(".")[0] == family for d in self.openvino_devices or ())
@@ -114,7 +121,7 @@ def _cpu(env: Environment, target: str, precision: str) -> Choice:
     if env.platform.is_arm:
         return _arm(env, target, precision)
     features = ", ".join(env.platform.features) or "no SIMD features reported"
-    if precision == "int8" and env.platform.has("avx512_vnni"):
+    if precision == "int8" and env.native and env.platform.has("avx512_vnni"):
         return Choice(target, "native", "CPU",
                       f"{env.platform.arch} CPU with AVX-512 VNNI: the int8 plan runs on sfpn-edge's own "
                       "kernels (uint8 NHWC, vpdpbusd), the fastest int8 path measured for this model")

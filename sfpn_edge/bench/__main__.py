@@ -54,7 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", metavar="FILE", help="write the full result as JSON")
     p.add_argument("--markdown", metavar="FILE", help="write the tables as Markdown")
     p.add_argument("--plots", metavar="DIR", help="write PNG plots (needs matplotlib)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress on stderr (a bar on a terminal, else one line per step)")
+    p.add_argument("--wide", action="store_true",
+                   help="every column in the table (default: the columns that fit the terminal, 80 at least)")
     p.add_argument("--emulate-arm", metavar="FILE",
                    help="add the Raspberry Pi estimates (rows marked emulated) from a tools/arm64-cost report")
     return p
@@ -195,7 +198,7 @@ def run(args: argparse.Namespace) -> dict:
     threads = configs.parse_threads(args.threads)
     stages = () if args.stages.strip() == "none" else configs.parse_list(args.stages, STAGES, "stage")
     root = cfp_root(args.cfp_root)
-    source = model_source.resolve(args.weights, root)
+    source = model_source.resolve(args.weights, root, progress=not args.no_progress)
     candidates = configs.model_candidates(source.model_dir, backends, precisions, threads)
     for peer in args.peer_tflite:
         candidates += configs.peer_candidates(Path(peer), threads)
@@ -274,7 +277,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         result = run(args)
-        report.render(result)
+        report.render(result, wide=args.wide)
         if result["emulated_arm"]:
             print("\n" + "\n".join(emulated.lines(result["emulated_arm"])))
         write_outputs(result, args)

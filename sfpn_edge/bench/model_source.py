@@ -96,10 +96,9 @@ def calibration_crops(model_dir: Path, cfp_root: Optional[Path]) -> tuple:
     return probe_batch(64, tuple(manifest["input_size"]), seed=99), "synthetic images (64, bench): latency only"
 
 
-def ensure_int8(model_dir: Path, cfp_root: Optional[Path]) -> tuple:
-    """Add int8 models to a bench-owned ``model_dir`` unless present with the same calibration.
-
-    Returns report notes (empty on success).
+def ensure_int8(model_dir: Path, cfp_root: Optional[Path], progress: bool = True) -> tuple:
+    """Add int8 models to a bench-owned ``model_dir`` unless present with the same calibration
+    (``progress``: a line per int8 model on stderr). Returns report notes (empty on success).
     """
     manifest = models.load_manifest(model_dir)
     quantized = ("onnxruntime", "openvino", "native") + (("litert",) if "litert" in manifest["files"] else ())
@@ -113,20 +112,21 @@ def ensure_int8(model_dir: Path, cfp_root: Optional[Path]) -> tuple:
 
         crops, source = calibration_crops(model_dir, cfp_root)
         with contextlib.redirect_stdout(io.StringIO()):  # NNCF draws progress bars on stdout
-            quantize_model_dir(model_dir, CalibrationSet(crops, {"scheme": want.lower(), "source": source}))
+            quantize_model_dir(model_dir, CalibrationSet(crops, {"scheme": want.lower(), "source": source}),
+                               progress=progress)
     except (ImportError, SfpnError, ValueError) as exc:
         return (f"int8 models could not be built: {exc}",)
     return ()
 
 
-def from_path(path: Path, origin: str, cfp_root: Optional[Path] = None) -> ModelSource:
+def from_path(path: Path, origin: str, cfp_root: Optional[Path] = None, progress: bool = True) -> ModelSource:
     path = Path(path).expanduser()
     if path.is_dir():
         return ModelSource(path, _kind(path), origin)
     if path.is_file() and path.suffix.lower() == ".mat":
         model_dir = converted_mat(path)
         return ModelSource(model_dir, _kind(model_dir), f"{origin}, converted into {model_dir}",
-                           ensure_int8(model_dir, cfp_root))
+                           ensure_int8(model_dir, cfp_root, progress))
     raise ModelError(f"{path}: expected a converted model directory or a MATLAB .mat file ({origin})")
 
 
@@ -147,12 +147,13 @@ def synthetic_dir() -> Path:
     return dest
 
 
-def resolve(weights: Optional[str] = None, cfp_root: Optional[Path] = None) -> ModelSource:
-    """Pick the model to measure (see the module docstring); ``cfp_root`` calibrates int8."""
+def resolve(weights: Optional[str] = None, cfp_root: Optional[Path] = None, progress: bool = True) -> ModelSource:
+    """Pick the model to measure (see the module docstring); ``cfp_root`` calibrates int8;
+    ``progress``: quantization reports on stderr."""
     if weights:
-        return from_path(Path(weights), "--weights", cfp_root)
+        return from_path(Path(weights), "--weights", cfp_root, progress)
     if os.environ.get(ENV):
-        return from_path(Path(os.environ[ENV]), f"${ENV}", cfp_root)
+        return from_path(Path(os.environ[ENV]), f"${ENV}", cfp_root, progress)
     default = models.default_model_dir()
     try:
         models.load_manifest(default)
@@ -162,4 +163,4 @@ def resolve(weights: Optional[str] = None, cfp_root: Optional[Path] = None) -> M
     model_dir = synthetic_dir()
     # Synthetic weights measure latency only: calibrate int8 on synthetic images, no data needed.
     return ModelSource(model_dir, "synthetic", f"no trained weights found (run `sfpn-edge fetch-weights`); "
-                                               f"built in {model_dir}", ensure_int8(model_dir, None))
+                                               f"built in {model_dir}", ensure_int8(model_dir, None, progress))

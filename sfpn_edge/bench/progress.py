@@ -1,17 +1,21 @@
-"""Progress display for the bench: a rich bar on stderr, or one line per step without rich."""
+"""Progress display for the bench: a rich bar on a terminal, else ``sfpn_edge.progress`` (a plain
+bar on a terminal without rich, one line per step on a pipe or log file)."""
 from __future__ import annotations
 
 import sys
 from typing import Callable
 
+from sfpn_edge.progress import Progress as PlainProgress
+
 
 class Progress:
-    """A rich progress bar when rich is installed and wanted, else one line per step on stderr."""
+    """A rich progress bar when rich is installed and stderr is a terminal, else plain progress on
+    stderr (a pipe or log file sees every step as a line)."""
 
     def __init__(self, total: int, enabled: bool):
-        self.total, self.done, self.bar = total, 0, None
-        self.enabled = enabled
-        if enabled:
+        self.bar = None
+        self.plain = PlainProgress(total, "steps", enabled=enabled)
+        if enabled and sys.stderr.isatty():
             try:
                 from rich.progress import BarColumn, Progress as RichProgress, TextColumn, TimeElapsedColumn
             except ImportError:
@@ -27,10 +31,9 @@ class Progress:
     def step(self, label: str, fn: Callable[[], dict]) -> dict:
         if self.bar is not None:
             self.bar.update(self.task, description=label)
-        elif self.enabled:
-            print(f"[{self.done + 1}/{self.total}] {label}", file=sys.stderr, flush=True)
+        else:
+            self.plain.step(label)
         result = fn()
-        self.done += 1
         if self.bar is not None:
             self.bar.advance(self.task)
         return result
@@ -38,4 +41,5 @@ class Progress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.stop()
-
+        else:
+            self.plain.close()

@@ -1,13 +1,19 @@
 """Render a bench result (the ``--json`` dict) as a terminal table, plain text or Markdown.
 
 The best value of each numeric column is highlighted (bold green with rich, ``*`` in plain
-text, **bold** in Markdown); the speed-target verdict follows the model table. ``rich`` is
-optional (the ``bench`` extra); without it the same table is printed as aligned plain text.
+text, **bold** in Markdown); the speed-target verdict, naming the machine it was measured on,
+follows the model table. ``rich`` is optional (the ``bench`` extra); without it the same table is
+printed as aligned plain text. On a terminal the table is compact: the most useful columns that
+fit its width (``COMPACT``, 80 columns at least), row notes under the table; ``wide=True``
+(``--wide``) prints every column. Markdown always has every column.
 """
 from __future__ import annotations
 
+import shutil
+import sys
+import textwrap
 from dataclasses import dataclass
-from typing import Callable, List, Optional
+from typing import Callable, List, Optional, Sequence
 
 
 @dataclass(frozen=True)
@@ -53,6 +59,18 @@ STAGE_COLUMNS = [
 ]
 
 
+# Columns in the order a compact table keeps them, while they fit the width.
+COMPACT = ("backend", "precision", "threads", "p50_ms", "speedup_vs_baseline", "cfp_fp_accuracy", "cfp_ff_accuracy",
+           "throughput_fps", "cosine_vs_fp32", "peak_rss_mb", "p95_ms", "stage", "impl", "unit", "speedup",
+           "cold_start_s", "model_size_mb", "best_batch", "cfp_fp_eer", "workload")
+SHORT_HEADERS = {"precision": "prec", "threads": "thr", "p50_ms": "ms/face", "speedup_vs_baseline": "vs ORT",
+                 "throughput_fps": "faces/s", "cosine_vs_fp32": "cos fp32", "cfp_fp_accuracy": "FP %",
+                 "cfp_ff_accuracy": "FF %", "peak_rss_mb": "RSS MB", "p95_ms": "p95", "impl": "impl",
+                 "speedup": "vs ref", "cold_start_s": "cold s", "model_size_mb": "MB", "cfp_fp_eer": "EER %"}
+MIN_WIDTH = 80
+WIDE_FILE_WIDTH = 240  # rich writing --wide to a file or pipe: never fold the table
+
+
 MODEL_TITLE = "Face embedding model (batch-1 latency per face; throughput at the best batch)"
 STAGE_TITLE = "Pipeline stages (one thread; ours first, then the reference)"
 
@@ -62,9 +80,13 @@ def _value(row: dict, column: Column):
 
 
 def _target_line(result: dict, title: str) -> List[str]:
-    """The speed-target verdict under the model table."""
+    """The speed-target verdict under the model table, with the machine it was measured on."""
     target = result.get("speed_target")
-    return [f"Speed target (issue 5): {target['text']}"] if target and title == MODEL_TITLE else []
+    if not target or title != MODEL_TITLE:
+        return []
+    m = result["machine"]
+    return [f"Speed target (issue 5), measured on this machine ({m['cpu_model']}, {m['logical_cpus']} logical "
+            f"CPUs; other machines differ): {target['text']}"]
 
 
 def _tables(result: dict) -> list:
@@ -108,6 +130,40 @@ def _cells(rows: List[dict], columns: List[Column]) -> List[List[tuple]]:
     return table
 
 
+def compact(columns: List[Column], cells: List[List[tuple]], width: int, overhead: int) -> List[int]:
+    """Indices of the ``COMPACT`` columns (in table order) that fit ``width``, each costing its widest
+    cell plus ``overhead``; the first three always stay."""
+    def cost(i: int) -> int:
+        return max([len(SHORT_HEADERS.get(columns[i].key, columns[i].header))] +
+                   [len(row[i][0]) + row[i][1] for row in cells]) + overhead
+
+    ranked = sorted((i for i, c in enumerate(columns) if c.key in COMPACT), key=lambda i: COMPACT.index(columns[i].key))
+    keep, used = [], 0
+    for n, i in enumerate(ranked):
+        if n < 3 or used + cost(i) <= width:
+            keep.append(i)
+            used += cost(i)
+    return sorted(keep)
+
+
+def _row_notes(rows: List[dict], cells: List[List[tuple]], width: int) -> List[str]:
+    """A compact table's row notes, one wrapped line group per row that has one."""
+    lines = []
+    for row, cell in zip(rows, cells):
+        if cell[-1][0]:
+            who = " ".join(str(t) for t, _ in cell[:3])
+            lines += textwrap.wrap(f"{who}: {cell[-1][0]}", width, subsequent_indent="    ")
+    return lines
+
+
+def terminal_width(stream=None) -> int:
+    """The width to render for: the terminal's (at least ``MIN_WIDTH``), else ``MIN_WIDTH``."""
+    stream = stream if stream is not None else sys.stdout
+    if getattr(stream, "isatty", lambda: False)():
+        return max(shutil.get_terminal_size((MIN_WIDTH, 24)).columns, MIN_WIDTH)
+    return MIN_WIDTH
+
+
 def header_lines(result: dict) -> List[str]:
     m, model, s = result["machine"], result["model"], result["settings"]
     libs = ", ".join(f"{k} {v}" for k, v in m["libraries"].items())
@@ -121,27 +177,32 @@ def header_lines(result: dict) -> List[str]:
     ]
 
 
-def render_rich(result: dict, console=None) -> None:
+def render_rich(result: dict, console=None, wide: bool = False) -> None:
     """Print with rich (raises ImportError when rich is not installed)."""
     from rich.console import Console
     from rich.table import Table
 
     if console is None:
-        console = Console()
-        if not console.is_terminal:  # a file or pipe: do not fold the wide table into 80 columns
-            console = Console(width=max(console.width, 240))
+        console = Console(width=WIDE_FILE_WIDTH if wide and not sys.stdout.isatty() else terminal_width())
     for line in header_lines(result):
         console.print(line, highlight=False)
     for title, rows, columns in _tables(result):
+        cells = _cells(rows, columns)
+        keep = list(range(len(columns))) if wide else compact(columns, cells, console.width - 1, 3)
         table = Table(title=title, title_justify="left")
-        for column in columns:
-            table.add_column(column.header, justify="right" if column.better or "ms" in column.header else "left")
-        table.add_column("note", overflow="fold")
-        for cells in _cells(rows, columns):
-            table.add_row(*(f"[bold green]{t}[/]" if won else t for t, won in cells))
+        for i in keep:
+            header = columns[i].header if wide else SHORT_HEADERS.get(columns[i].key, columns[i].header)
+            table.add_column(header, justify="right" if columns[i].better or "ms" in columns[i].header else "left")
+        if wide:
+            table.add_column("note", overflow="fold")
+        for row in cells:
+            shown = [row[i] for i in keep] + ([row[-1]] if wide else [])
+            table.add_row(*(f"[bold green]{t}[/]" if won else t for t, won in shown))
         console.print(table)
+        for line in ([] if wide else _row_notes(rows, cells, console.width)):
+            console.print(line, highlight=False)
         for line in _target_line(result, title):
-            console.print(line, highlight=False, style="bold", soft_wrap=True)
+            console.print(line, highlight=False, style="bold")
     for note in result["notes"]:
         console.print(f"- {note}", highlight=False)
 
@@ -152,14 +213,32 @@ def _grid(rows: List[List[str]], headers: List[str]) -> List[str]:
     return [fmt(headers), fmt(["-" * w for w in widths])] + [fmt(r) for r in rows]
 
 
-def render_text(result: dict) -> str:
-    """Plain aligned text; winners marked with ``*``."""
+def render_text(result: dict, width: Optional[int] = None, wide: bool = False) -> str:
+    """Plain aligned text; winners marked with ``*``. Compact to ``width`` (default: the terminal's)
+    unless ``wide``, which prints every column and leaves lines long."""
+    width = width or terminal_width()
     lines = header_lines(result)
     for title, rows, columns in _tables(result):
-        cells = [[t + ("*" if won else "") for t, won in r] for r in _cells(rows, columns)]
-        lines += ["", title] + _grid(cells, [c.header for c in columns] + ["note"]) + _target_line(result, title)
+        cells = _cells(rows, columns)
+        marked = [[t + ("*" if won else "") for t, won in r] for r in cells]
+        if wide:
+            lines += ["", title] + _grid(marked, [c.header for c in columns] + ["note"])
+        else:
+            keep = compact(columns, cells, width, 2)
+            lines += ["", title] + _grid([[r[i] for i in keep] for r in marked],
+                                         [SHORT_HEADERS.get(columns[i].key, columns[i].header) for i in keep])
+            lines += _row_notes(rows, cells, width)
+        lines += _target_line(result, title)
     lines += [""] + [f"- {n}" for n in result["notes"]] + ["(* best in column)"]
-    return "\n".join(lines)
+    return "\n".join(lines) if wide else "\n".join(_wrap(lines, width))
+
+
+def _wrap(lines: Sequence[str], width: int) -> List[str]:
+    """``lines`` folded to ``width`` (table lines already fit)."""
+    out: List[str] = []
+    for line in lines:
+        out += textwrap.wrap(line, width, subsequent_indent="  ", break_on_hyphens=False) or [""]
+    return out
 
 
 def render_markdown(result: dict) -> str:
@@ -176,9 +255,9 @@ def render_markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def render(result: dict) -> None:
+def render(result: dict, wide: bool = False) -> None:
     """Print the result: rich when available, else plain text."""
     try:
-        render_rich(result)
+        render_rich(result, wide=wide)
     except ImportError:
-        print(render_text(result))
+        print(render_text(result, wide=wide))

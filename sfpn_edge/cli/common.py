@@ -90,12 +90,36 @@ def add_pipeline_options(parser: argparse.ArgumentParser, face_policies: tuple =
 
 
 def add_threshold_options(parser: argparse.ArgumentParser) -> None:
-    """--threshold T | --far F."""
+    """--threshold T | --far F | --security LEVEL."""
+    from sfpn_edge.thresholds import SECURITY
+
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--threshold", type=float, default=None, metavar="T",
                        help="accept when the cosine score is at least T")
     group.add_argument("--far", type=float, default=None, metavar="F",
                        help="choose the threshold by false-accept rate (default: 1e-3, measured on CFP-FP)")
+    group.add_argument("--security", choices=tuple(SECURITY), default=None,
+                       help="the threshold at a named false-accept rate: "
+                            + ", ".join(f"{name} {far:g}" for name, far in SECURITY.items())
+                            + " (built-in: 1e-3 and 1e-2 on the CFP-FP protocol, 1e-4 on all 9.7 M CFP "
+                              "frontal-profile impostor pairs; a calibration's own points when calibrated)")
+
+
+def threshold_far(args: argparse.Namespace):
+    """The FAR the threshold options ask for (None: the default or a raw threshold)."""
+    from sfpn_edge.thresholds import SECURITY
+
+    security = getattr(args, "security", None)
+    return SECURITY[security] if security is not None else getattr(args, "far", None)
+
+
+def describe_genuine_accept(r: dict) -> str:
+    """One line on the measured genuine-accept rate at a result's threshold (or that there is none)."""
+    rates = r.get("genuine_accept_rate")
+    if not rates:
+        return "  genuine-accept rate at this threshold: not measured"
+    shares = ", ".join(f"{name} {100 * rate:.1f} %" for name, rate in rates.items())
+    return f"  genuine pairs accepted at this threshold: {shares} (measured on {r['genuine_accept_measured_on']})"
 
 
 def model_dir(args: argparse.Namespace) -> Path:
@@ -122,7 +146,7 @@ def make_verifier(args: argparse.Namespace):
                         detector_weights=args.detector_weights, fallbacks=args.fallback,
                         margin=args.margin, flip=args.flip, face_policy=args.face_policy,
                         min_quality=args.min_quality,
-                        threshold=getattr(args, "threshold", None), far=getattr(args, "far", None))
+                        threshold=getattr(args, "threshold", None), far=threshold_far(args))
 
 
 def make_embedder(args: argparse.Namespace):

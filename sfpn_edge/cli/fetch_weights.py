@@ -5,6 +5,7 @@ import argparse
 from pathlib import Path
 
 from sfpn_edge.cli.output import emit
+from sfpn_edge.errors import SfpnError
 
 
 def register(subparsers) -> None:
@@ -20,8 +21,9 @@ def register(subparsers) -> None:
                     "downloaded from beside --url, augmented). A failed or altered download stores nothing.",
     )
     parser.add_argument("--url", default=None,
-                        help="where to download the .mat from (http(s):// or file://; default: the authors' "
-                             "GitHub repository)")
+                        help="where to download the .mat from: http(s)://, file:// or a local path (offline: "
+                             "the three image_example*.png beside it give the int8 calibration crops); default: "
+                             "the authors' GitHub repository")
     parser.add_argument("--out", type=Path, default=None, metavar="DIR",
                         help=f"model directory (default: <cache>/models/{models.DEFAULT_MODEL})")
     parser.add_argument("--force", action="store_true", help="download and convert even if the model is cached")
@@ -50,20 +52,34 @@ def run(args: argparse.Namespace) -> int:
 
     if args.detector is not None:
         if args.calibration_images is not None:
-            from sfpn_edge.errors import SfpnError
-
             raise SfpnError("--calibration-images goes with the face model, not --detector")
         return _fetch_detector(args)
     if args.from_file is not None:
-        from sfpn_edge.errors import SfpnError
-
         raise SfpnError("--from FILE goes with --detector")
     calibration = photo_calibration_set(args)
-    fetched = [fetch_weights(args.url or models.WEIGHTS_URL, args.out, force=args.force, int8=not args.no_int8,
-                             calibration=calibration)]
+    url = source_url(args.url) if args.url else models.WEIGHTS_URL
+    try:
+        fetched = [fetch_weights(url, args.out, force=args.force, int8=not args.no_int8, calibration=calibration)]
+    except SfpnError as exc:
+        if str(exc).startswith("cannot download") and not url.startswith("file:"):
+            raise SfpnError(f"{exc}. No network here? On a machine with one, download {url} (and "
+                            "image_example1..3.png beside it), copy them over and run `sfpn-edge fetch-weights "
+                            "--url /path/to/SqueezeFacePoseNet_with_separable_DWC.mat`; or install a bundle made "
+                            "there: `sfpn-edge fetch-weights --bundle FILE`") from None
+        raise
     # Other downloadable artefacts (e.g. detector weights) append their result dicts here.
     emit({"fetched": fetched}, args.json, _human)
     return 0
+
+
+def source_url(text: str) -> str:
+    """``--url`` as a URL: a local path (no ``scheme://``) becomes a file:// URL, if the file exists."""
+    if "://" in text:
+        return text
+    path = Path(text).expanduser()
+    if not path.is_file():
+        raise SfpnError(f"--url {text}: no such file (give a .mat file, a file:// or an http(s):// URL)")
+    return path.resolve().as_uri()
 
 
 def _human(result: dict) -> str:
@@ -92,8 +108,6 @@ def photo_calibration_set(args: argparse.Namespace):
     """The ``--calibration-images`` crops (checked before anything is written), else None."""
     if args.calibration_images is None:
         return None
-    from sfpn_edge.errors import SfpnError
-
     if args.no_int8:
         raise SfpnError("--calibration-images calibrates the int8 models; leave out --no-int8")
     from sfpn_edge import align
@@ -143,7 +157,6 @@ def _install_bundle(args: argparse.Namespace) -> int:
     """``--bundle FILE``: the runtime alone (no converter module) verifies and installs it."""
     from sfpn_edge import models
     from sfpn_edge.bundle_install import install_bundle
-    from sfpn_edge.errors import SfpnError
 
     given = [flag for flag, value in (("--url", args.url), ("--detector", args.detector), ("--from", args.from_file),
                                       ("--calibration-images", args.calibration_images)) if value is not None]

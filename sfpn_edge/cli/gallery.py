@@ -1,7 +1,8 @@
-"""``sfpn-edge gallery check DB``: is a gallery file intact? (No model needed.)"""
+"""``sfpn-edge gallery list|info|remove|rename|check DB``: manage a gallery file (no model needed)."""
 from __future__ import annotations
 
 import argparse
+import time
 from pathlib import Path
 
 from sfpn_edge.cli.output import emit
@@ -10,32 +11,105 @@ from sfpn_edge.cli.output import emit
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "gallery",
-        help="inspect a gallery file",
-        description="Operations on a gallery file that need no model.",
+        help="list, inspect, edit or check a gallery file",
+        description="Operations on a gallery file that need no model (the file records which model "
+                    "made it). remove and rename are one transaction each.",
     )
     actions = parser.add_subparsers(dest="action", metavar="ACTION")
     actions.required = True
-    check = actions.add_parser(
-        "check",
-        help="verify a gallery file",
-        description="Read-only integrity check of a gallery: SQLite header and application id, PRAGMA "
-                    "quick_check, meta table, PRAGMA foreign_key_check, and every embedding row (size, "
-                    "row checksum, finite values, unit norm). Exit code 0 when intact, 2 naming the first "
-                    "failed check.",
-    )
-    check.add_argument("db", type=Path, metavar="DB", help="gallery file")
-    check.add_argument("--json", action="store_true", help="print the result as JSON")
-    check.set_defaults(func=run_check)
+    _add(actions, "list", "the enrolled people", "Every identity: name, stored photos, enrolment time (UTC).",
+         run_list)
+    _add(actions, "info", "what the file holds", "Format version, model sha256, descriptor size, creation "
+         "time, identities, embeddings (how many with a photo hash), file size.", run_info)
+    remove = _add(actions, "remove", "delete people", "Delete each NAME and its embeddings (all in one "
+                  "transaction; exit 2 and nothing deleted when a NAME is not enrolled).", run_remove)
+    remove.add_argument("names", nargs="+", metavar="NAME", help="identity to delete")
+    rename = _add(actions, "rename", "rename a person", "Give OLD's photos the name NEW (NEW must be free).",
+                  run_rename)
+    rename.add_argument("old", metavar="OLD", help="enrolled name")
+    rename.add_argument("new", metavar="NEW", help="new name")
+    _add(actions, "check", "verify a gallery file",
+         "Read-only integrity check of a gallery: SQLite header and application id, PRAGMA quick_check, "
+         "meta table, PRAGMA foreign_key_check, and every embedding row (size, row checksum, finite "
+         "values, unit norm). Exit code 0 when intact, 2 naming the first failed check.", run_check)
+
+
+def _add(actions, name: str, summary: str, description: str, func) -> argparse.ArgumentParser:
+    parser = actions.add_parser(name, help=summary, description=description)
+    parser.add_argument("db", type=Path, metavar="DB", help="gallery file")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.set_defaults(func=func)
+    return parser
+
+
+def run_list(args: argparse.Namespace) -> int:
+    from sfpn_edge.gallery import open_gallery
+
+    with open_gallery(args.db) as gallery:
+        people = [{"name": i.name, "images": i.images, "enrolled": _utc(i.enrolled)} for i in gallery.identities()]
+    emit({"db": str(args.db), "identities": people}, args.json, _human_list)
+    return 0
+
+
+def run_info(args: argparse.Namespace) -> int:
+    from sfpn_edge.gallery import open_gallery
+
+    with open_gallery(args.db) as gallery:
+        info = gallery.info()
+    emit(info, args.json, _human_info)
+    return 0
+
+
+def run_remove(args: argparse.Namespace) -> int:
+    from sfpn_edge.gallery import open_gallery
+
+    with open_gallery(args.db, readonly=False) as gallery:
+        gallery.remove_many(args.names)
+        left = len(gallery)
+    emit({"db": str(args.db), "removed": args.names, "identities": left}, args.json,
+         lambda r: f"removed {', '.join(map(repr, r['removed']))}; {r['identities']} identities left in {r['db']}")
+    return 0
+
+
+def run_rename(args: argparse.Namespace) -> int:
+    from sfpn_edge.gallery import open_gallery
+
+    with open_gallery(args.db, readonly=False) as gallery:
+        identity = gallery.rename(args.old, args.new)
+    emit({"db": str(args.db), "old": args.old, "new": identity.name, "images": identity.images}, args.json,
+         lambda r: f"renamed {r['old']!r} to {r['new']!r} ({r['images']} photo(s)) in {r['db']}")
+    return 0
 
 
 def run_check(args: argparse.Namespace) -> int:
     from sfpn_edge.gallery import check_gallery
 
-    emit(check_gallery(args.db), args.json, _human)
+    emit(check_gallery(args.db), args.json, _human_check)
     return 0
 
 
-def _human(r: dict) -> str:
+def _utc(seconds: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
+
+
+def _human_list(r: dict) -> str:
+    if not r["identities"]:
+        return f"{r['db']}: nobody enrolled"
+    width = max(len(p["name"]) for p in r["identities"])
+    lines = [f"{p['name']:<{width}}  {p['images']:>4} photo(s)  enrolled {p['enrolled']}" for p in r["identities"]]
+    return "\n".join(lines + [f"{len(r['identities'])} identities in {r['db']}"])
+
+
+def _human_info(r: dict) -> str:
+    return "\n".join([
+        f"{r['db']}: sfpn-edge gallery, format {r['format_version']}, created {r['created'] or 'unknown'}",
+        f"  model sha256 {r['model_sha256']}, {r['descriptor_dim']}-d embeddings",
+        f"  {r['identities']} identities, {r['embeddings']} embeddings ({r['photo_hashes']} with a photo hash), "
+        f"{r['bytes']:,} bytes",
+    ])
+
+
+def _human_check(r: dict) -> str:
     return (f"{r['db']}: ok ({r['identities']} identities, {r['embeddings']} embeddings of "
             f"{r['descriptor_dim']} values, format {r['format_version']}, model {r['model_sha256'][:12]}…; "
             f"checked: {', '.join(r['checks'])})")

@@ -1,11 +1,15 @@
-"""``sfpn-edge identify --db DB IMG``: who in the gallery is this?"""
+"""``sfpn-edge identify --db DB IMG...``: who in the gallery is this?
+
+Exit status: 0 when every photo matched someone (``--face-policy all``: at least one face each),
+1 when any photo matched nobody, 2 on an error (bad photo, gallery or option; nothing printed).
+"""
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
 from sfpn_edge.cli.common import (EVERY_FACE, add_model_options, add_pipeline_options, add_threshold_options,
-                                  make_verifier)
+                                  describe_genuine_accept, make_verifier)
 from sfpn_edge.cli.output import emit
 from sfpn_edge.cli.verify import describe_face, format_timings
 
@@ -15,14 +19,16 @@ def register(subparsers) -> None:
 
     parser = subparsers.add_parser(
         "identify",
-        help="find the closest people in a gallery to the face in a photo",
-        description="Embed the face in the photo and rank the gallery's identities by cosine score. The "
+        help="find the closest people in a gallery to the face in each photo",
+        description="Embed the face in each photo and rank the gallery's identities by cosine score. The "
                     "best candidate counts as a match when its score reaches the verification threshold "
-                    "(FAR 1e-3 on CFP-FP by default; --threshold / --far). With --face-policy all every "
-                    "face in the photo is identified, largest first (JSON: a 'faces' list, each with its "
-                    "box, quality, match and candidates). The gallery is only read.",
+                    "(FAR 1e-3 on CFP-FP by default; --threshold / --far / --security). With --face-policy "
+                    "all every face in the photo is identified, largest first (JSON: a 'results' list, "
+                    "each with its box, quality, match and candidates). With several photos --json prints "
+                    "a list, one result per photo. The gallery is only read. Exit status: 0 when every "
+                    "photo matched someone, 1 when any matched nobody, 2 on an error.",
     )
-    parser.add_argument("image", type=Path, metavar="IMG", help="photo of the person to identify")
+    parser.add_argument("images", type=Path, nargs="+", metavar="IMG", help="photo(s) of the person(s) to identify")
     parser.add_argument("--db", type=Path, required=True, help="gallery file (made by `sfpn-edge enroll`)")
     parser.add_argument("--top", type=int, default=5, metavar="K", help="candidates to list (default: 5)")
     parser.add_argument("--template", choices=TEMPLATES, default=DEFAULT_TEMPLATE,
@@ -47,24 +53,35 @@ def run(args: argparse.Namespace) -> int:
     op = verifier.operating_point  # fail before any work when no threshold is known
     with FaceGallery(args.db, model_sha256=verifier.model_sha256, dim=verifier.descriptor_dim,
                      readonly=True, template=args.template, storage=args.storage) as gallery:
-        timings: dict = {}
-        results = verifier.identify(args.image, gallery, args.top, timings)
+        found = []
+        for image in args.images:  # all photos first: an error prints no partial output
+            timings: dict = {}
+            found.append((image, verifier.identify(image, gallery, args.top, timings), timings))
         size = len(gallery)
-    result = {"image": str(args.image), "db": str(args.db), "face_policy": args.face_policy}
-    if args.face_policy == "all":
-        result["results"] = [r.to_dict() for r in results]
+    records = [_record(args, image, results, timings, op, size, verifier) for image, results, timings in found]
+    if args.json:
+        emit(records if len(records) > 1 else records[0], True, _human)
     else:
-        result.update(results[0].to_dict())
-    result.update({
-        "threshold": round(op.threshold, 6),
-        "far": op.far,
-        "threshold_source": op.source,
+        print("\n".join(_human(r) for r in records))
+    matched = [any(r["match"] is not None for r in rec.get("results", [rec])) for rec in records]
+    return 0 if all(matched) else 1
+
+
+def _record(args: argparse.Namespace, image: Path, results: list, timings: dict, op, size: int, verifier) -> dict:
+    """The result for one photo (``--face-policy all``: every face under 'results')."""
+    record = {"image": str(image), "db": str(args.db), "face_policy": args.face_policy}
+    if args.face_policy == "all":
+        record["results"] = [r.to_dict() for r in results]
+    else:
+        record.update(results[0].to_dict())
+    record.update({
+        **op.to_dict(),
+        "security": args.security,
         "identities": size,
         "timings_ms": {k: round(v, 3) for k, v in timings.items()},
         "calibration": verifier.calibration_info,
     })
-    emit(result, args.json, _human)
-    return 0
+    return record
 
 
 def _human(r: dict) -> str:
@@ -77,5 +94,6 @@ def _human(r: dict) -> str:
         lines.append(f"  {describe_face(result['face'], every)}\n    {head}")
         lines += [f"    {rank}. {c['name']}  {c['score']:.4f}" for rank, c in enumerate(result["candidates"], 1)]
     lines.append(f"  threshold {r['threshold']:.4f}{far}; {r['identities']} identities")
+    lines.append(describe_genuine_accept(r))
     lines.append("  timings: " + format_timings(r["timings_ms"]))
     return "\n".join(lines)

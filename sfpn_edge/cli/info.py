@@ -13,7 +13,8 @@ def register(subparsers) -> None:
         description="Report the architecture, CPU model and features (SIMD, int8 dot product, bf16), "
                     "OpenVINO devices, ONNX Runtime providers, library versions, the registered backends "
                     "(precisions, devices), the targets usable "
-                    "here, and which backend + device --target (default auto) chooses and why, for fp32 and for int8.",
+                    "here, and which backend + device --target (default auto) chooses and why, for fp32 and for int8. "
+                    "With no backend importable it still exits 0 and says what to install.",
     )
     parser.add_argument("--target", default="auto", metavar="T",
                         help="target to resolve: cpu, arm, vpu or auto (default auto); an unavailable "
@@ -31,7 +32,6 @@ def run(args: argparse.Namespace) -> int:
     from sfpn_edge.backends import registry, select
 
     env = select.Environment.detect()
-    choice = select.choose(args.target, env)
     result = {
         "sfpn_edge": __version__,
         "python": platform.python_version(),
@@ -41,12 +41,27 @@ def run(args: argparse.Namespace) -> int:
         "versions": {"numpy": numpy.__version__, **env.versions},
         "backends": {spec.name: _backend(spec) for spec in registry.specs()},
         "available_targets": select.available_targets(env),
-        "choice": choice.as_dict(),
-        "choice_int8": select.choose(args.target, env, precision="int8").as_dict(),
+        "choice": _choose(args.target, env, "fp32"),
+        "choice_int8": _choose(args.target, env, "int8"),
         "targets": {t: select.choose(t, env).as_dict() for t in select.available_targets(env)},
     }
     emit(result, args.json, _human)
     return 0
+
+
+def _choose(target: str, env, precision: str) -> dict:
+    """What ``target`` picks for ``precision``; for ``auto`` on a machine with no usable backend, a
+    choice of nothing that says why (an explicitly named target that is unavailable stays an error)."""
+    from sfpn_edge.backends import select
+    from sfpn_edge.errors import SfpnError
+
+    try:
+        return select.choose(target, env, precision=precision).as_dict()
+    except SfpnError as exc:
+        if target.lower() != "auto":
+            raise
+        return {"target": target, "backend": None, "device": None,
+                "reason": f"nothing can run here: {exc}; install a backend, e.g. pip install onnxruntime"}
 
 
 def _backend(spec) -> dict:
@@ -69,9 +84,15 @@ def _human(r: dict) -> str:
         *(f"backend {name}: {', '.join(b['precisions'])} on {', '.join(b['devices']) or '(no device)'}"
           if b["available"] else f"backend {name}: {b['missing']}" for name, b in r["backends"].items()),
         f"targets:    {', '.join(r['available_targets']) or '(none)'}",
-        f"{c['target']} -> {c['backend']} on {c['device']}: {c['reason']}",
-        f"{c['target']}, int8 -> {i8['backend']} on {i8['device']}: {i8['reason']}",
+        _describe_choice(c["target"], c),
+        _describe_choice(f"{c['target']}, int8", i8),
     ])
+
+
+def _describe_choice(label: str, c: dict) -> str:
+    if c["backend"] is None:
+        return f"{label} -> no backend: {c['reason']}"
+    return f"{label} -> {c['backend']} on {c['device']}: {c['reason']}"
 
 
 def _list(items) -> str:

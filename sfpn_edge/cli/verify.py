@@ -4,7 +4,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from sfpn_edge.cli.common import add_model_options, add_pipeline_options, add_threshold_options, make_verifier
+from sfpn_edge.cli.common import (add_model_options, add_pipeline_options, add_threshold_options,
+                                  describe_genuine_accept, make_verifier)
 from sfpn_edge.cli.output import emit
 
 
@@ -14,8 +15,9 @@ def register(subparsers) -> None:
         help="compare the faces in two photos",
         description="Detect the face in each photo (the largest if there are several), embed both and "
                     "compare them by cosine score. The decision threshold is the model's measured "
-                    "operating point at FAR 1e-3 on CFP-FP unless --threshold or --far says otherwise. "
-                    "Prints the decision, score, threshold, the face boxes used and per-stage timings.",
+                    "operating point at FAR 1e-3 on CFP-FP unless --threshold, --far or --security says otherwise. "
+                    "Prints the decision, score, threshold, the measured share of genuine pairs accepted "
+                    "at that threshold (when measured), the face boxes used and per-stage timings.",
     )
     parser.add_argument("image_a", type=Path, metavar="A", help="first photo (JPEG, PNG, BMP, WebP, TIFF)")
     parser.add_argument("image_b", type=Path, metavar="B", help="second photo")
@@ -31,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
     verifier.operating_point  # fail before any work when no threshold is known
     result = verifier.verify(args.image_a, args.image_b)
     emit({"a": str(args.image_a), "b": str(args.image_b), **result.to_dict(), "detector": verifier.detector_name,
-          "calibration": verifier.calibration_info}, args.json, _human)
+          "security": args.security, "calibration": verifier.calibration_info}, args.json, _human)
     return 0
 
 
@@ -41,6 +43,7 @@ def _human(r: dict) -> str:
         f"{'same person' if r['same'] else 'different people'}: score {r['score']:.4f} "
         f"{'>=' if r['same'] else '<'} threshold {r['threshold']:.4f}{far}",
         f"  threshold from {r['threshold_source']}",
+        describe_genuine_accept(r),
     ]
     if r.get("calibration"):
         lines.append(f"  calibrated descriptors: {r['calibration']['method']}, {r['calibration']['dim_out']}-d")

@@ -8,7 +8,8 @@ padded retry, the whole image as the last resort, as the evaluation does), then 
 cropped and embedded (fp32, ONNX Runtime) and scored with the protocols' 10 folds. A framing is
 the square of side max(w, h) x (1 + margin) around the box, its centre moved down by ``shift``
 times that side (``align.box_matrix``). Each row also gives the CFP-FP operating points (cosine
-thresholds at FAR 1e-3 ... 1e-1, all 7,000 pairs), as ``sfpn_edge.thresholds.BUILTIN`` records them. This is how the MTCNN margin (0.10) was chosen; the result for a detector is
+thresholds at FAR 1e-3 ... 1e-1, all 7,000 pairs), as ``sfpn_edge.thresholds.BUILTIN`` records them,
+and the share of each protocol's genuine pairs accepted at them (``thresholds.GENUINE_ACCEPT``). This is how the MTCNN margin (0.10) was chosen; the result for a detector is
 stored in the model directory (``crop_margins`` / ``crop_shifts`` in the manifest).
 """
 from __future__ import annotations
@@ -73,6 +74,12 @@ def thresholds_at(scores: np.ndarray, labels: np.ndarray) -> Dict[str, float]:
     return {f"{far:g}": round(metrics.tar_at_far(curve, far)[1], 4) for far in FARS}
 
 
+def genuine_accept_at(scores: np.ndarray, labels: np.ndarray, points: Dict[str, float]) -> Dict[str, float]:
+    """Share of the genuine pairs (``labels`` true) scoring at least each of ``points``' thresholds."""
+    genuine = np.asarray(scores)[np.asarray(labels, bool)]
+    return {far: round(float((genuine >= t).mean()), 4) for far, t in points.items()}
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m sfpn_edge.evaluate.framing", description=__doc__.split("\n")[0])
     parser.add_argument("--cfp", type=Path, required=True, help="CFP root (Data/, Protocol/)")
@@ -108,7 +115,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             fold = metrics.kfold_accuracy(scores, proto.labels, proto.folds)
             row[proto.name] = round(100 * fold.mean, 2)
             row[f"{proto.name} std"] = round(100 * fold.std, 2)
-        row["CFP-FP thresholds"] = thresholds_at(scores, protocols[-1].labels)
+        points = thresholds_at(scores, protocols[-1].labels)
+        row["CFP-FP thresholds"] = points
+        for proto, p in zip(protocols, pairs):  # each protocol's genuine pairs at the CFP-FP thresholds
+            proto_scores = cosine_pairs(vectors[p[:, 0]], vectors[p[:, 1]]).astype(np.float64)
+            row[f"{proto.name} genuine accept"] = genuine_accept_at(proto_scores, proto.labels, points)
         report.append(row)
         print(json.dumps(row), file=sys.stderr)
     counts = {source: int((found["sources"] == source).sum()) for source in SOURCES}
