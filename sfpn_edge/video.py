@@ -3,6 +3,7 @@
     with open_source("door.avi") as source:          # file mode: every frame, times from the frame rate
         for frame in source:
             frame.index, frame.time, frame.image     # uint8 BGR
+    ArraySource(images, fps=10)                      # frames you already hold (FaceStream takes any FrameSource)
 
 Cameras and URLs are *live*: a reader thread keeps grabbing frames into a bounded queue and the
 oldest waiting frame is dropped when the consumer is slower (``dropped`` counts them), so results
@@ -22,11 +23,12 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, List, Optional, Union
+from typing import Iterable, Iterator, List, Optional, Union
 
 import cv2
 import numpy as np
 
+from sfpn_edge.detect import check_image
 from sfpn_edge.errors import SfpnError
 from sfpn_edge.io import IMAGE_SUFFIXES, read_image
 
@@ -101,6 +103,18 @@ class FrameSource:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class ArraySource(FrameSource):
+    """Frames already in memory (uint8 BGR arrays, e.g. from picamera2), in file mode: every frame,
+    times from ``fps``."""
+
+    def __init__(self, images: Iterable[np.ndarray], fps: float = DEFAULT_FPS, name: str = "frames"):
+        self.images, self.fps, self.name = images, fps, name
+
+    def __iter__(self) -> Iterator[Frame]:
+        for i, image in enumerate(self.images):
+            yield Frame(i, i / self.fps, check_image(image))
 
 
 class FolderSource(FrameSource):

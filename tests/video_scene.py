@@ -72,7 +72,8 @@ def render(cfp_root: Path, frames: int = FRAMES, actors: Sequence[Actor] = ACTOR
 
 def write_video(path: Path, frames: Sequence[np.ndarray], fps: float = FPS) -> Path:
     """An MJPG .avi (what headless OpenCV's FFmpeg writes everywhere)."""
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, SIZE)
+    size = (frames[0].shape[1], frames[0].shape[0])
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, size)
     assert writer.isOpened(), "OpenCV cannot write MJPG .avi here"
     for frame in frames:
         writer.write(frame)
