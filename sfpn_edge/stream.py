@@ -161,6 +161,8 @@ class FaceStream:
         self.source.stop()
 
     def __iter__(self) -> Iterator[FrameResult]:
+        v = self.verifier  # warm up (a backend's first run is slow) so the first face costs what later ones do
+        v.embed_crops(np.zeros((2 if v.flip else 1, 3, v.crop_spec.size, v.crop_spec.size), np.float32))
         start = time.perf_counter()
         last_detect, force = None, True
         try:

@@ -96,9 +96,9 @@ def _print(record: dict, as_json: bool) -> None:
         boxes = "; ".join(f"#{t['track_id']} {t['identity'] or '?'} {t['box']}" for t in record["tracks"])
         print(f"frame {record['frame']}: {boxes or 'no face'}", flush=True)
     else:
-        who = record["identity"] or ("unknown" if kind != "enter" else "?")
+        who = "" if kind == "enter" else f" {record['identity'] or 'unknown'}"
         score = "" if record["score"] is None else f" score {record['score']:.3f} (threshold {record['threshold']:.3f})"
-        print(f"{record['time']:8.2f}s frame {record['frame']}: track {record['track_id']} {kind} {who}{score}",
+        print(f"{record['time']:8.2f}s frame {record['frame']}: track {record['track_id']} {kind}{who}{score}",
               flush=True)
 
 
