@@ -10,17 +10,17 @@
         stream.summary()
 
 Per frame: the detector runs every ``detect_every`` frames, and on the next frame whenever a track
-is new (its velocity unknown), missed a detection or left the picture; in between, tracks move by their motion model
-(``sfpn_edge.track``). Each detected face of a track is cropped and judged by the verifier's
-quality gate (``sfpn_edge.quality``) and must lie inside the frame (``MIN_INSIDE``); faces that pass
-are embedded, and the track keeps its
-``best_crops`` best descriptors (ranked by blur score x min(1, size / 113 px): sharp and at the
-model's resolution). Once it has ``min_crops`` of them it is identified from their normalised mean
-against the gallery at the verifier's threshold (the gallery's calibration and operating point, as
-``identify`` uses): the best identity when its score reaches the threshold, else unknown, never the
-nearest name below it. A track is identified again ``reid_after`` seconds later, and at every new
-crop while its score is within ``reid_margin`` of the threshold; an unknown track may become named,
-a named track keeps its name until it is lost.
+is new (its velocity unknown), missed a detection or left the picture; in between, tracks move by
+their motion model (``sfpn_edge.track``). Each detected face of a track is cropped and judged by the
+verifier's quality gate (``sfpn_edge.quality``) and must lie inside the frame (``MIN_INSIDE``);
+faces that pass are embedded while the track needs them (undecided, near the threshold, or due for
+re-identification), and the track keeps its ``best_crops`` best descriptors (ranked by blur score x
+min(1, size / 113 px): sharp and at the model's resolution). Once it has ``min_crops`` of them it is
+identified from their normalised mean against the gallery at the verifier's threshold (the
+gallery's calibration and operating point, as ``identify`` uses): the best identity when its score
+reaches the threshold, else unknown, never the nearest name below it. A track is identified again
+``reid_after`` seconds later, and at every new crop while its score is within ``reid_margin`` of the
+threshold; an unknown track may become named, a named track keeps its name until it is lost.
 """
 from __future__ import annotations
 
@@ -208,7 +208,8 @@ class FaceStream:
     def _add_crops(self, frame: Frame, tracks: List[Track]) -> None:
         v = self.verifier
         height, width = frame.image.shape[:2]
-        tracks = [t for t in tracks if visible_fraction(t.box, width, height) >= MIN_INSIDE]
+        tracks = [t for t in tracks if visible_fraction(t.box, width, height) >= MIN_INSIDE
+                  and self._wants_crops(self._ids[t.id], frame.time)]
         faces = [t.face for t in tracks]
         if not faces:
             return
@@ -227,12 +228,14 @@ class FaceStream:
             state.best = sorted(state.best + [(rank, d)], key=lambda x: -x[0])[:self.best_crops]
             state.fresh = True
 
+    def _wants_crops(self, state: _Identity, now: float) -> bool:
+        """Undecided, near the threshold, or due for re-identification: only then is a crop embedded."""
+        near = state.score is not None and abs(state.score - self.threshold) < self.reid_margin
+        return not state.decided or near or now - state.at >= self.reid_after
+
     def _identify(self, track: Track, frame: Frame) -> List[Event]:
         state = self._ids[track.id]
-        if len(state.best) < self.min_crops or not state.fresh:
-            return []
-        near = state.score is not None and abs(state.score - self.threshold) < self.reid_margin
-        if state.decided and not near and frame.time - state.at < self.reid_after:
+        if len(state.best) < self.min_crops or not state.fresh or not self._wants_crops(state, frame.time):
             return []
         template = l2_normalize(np.ascontiguousarray(np.mean([d for _, d in state.best], axis=0)[None], np.float32))
         best = self.gallery.identify_batch(template, 1)[0][0]
