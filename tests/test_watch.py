@@ -215,3 +215,32 @@ def test_corrupt_truncated_and_unreachable_sources_fail_clearly(model_dir, weigh
     assert code == 2 and "no such file or folder" in capsys.readouterr().err
     with pytest.raises(SourceError, match="no image files"):
         open_source(tmp_path)  # a folder without frames (only the .avi files above)
+
+
+def test_a_stream_that_ends_is_reopened_then_fails_clearly(video):
+    """An http:// stream (the test video served locally): read past its end means reconnecting; once
+    the server is gone the retries run out with a one-line SourceError."""
+    import functools
+    import threading
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(video.parent)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/{video.name}"
+    source = open_source(url, retries=1, backoff=0.1, timeout=2, realtime=False)
+    assert source.live
+    indices = []
+    start = time.monotonic()
+    with pytest.raises(SourceError, match="cannot open the stream after 2 attempts"):
+        for frame in source:
+            indices.append(frame.index)
+            if frame.index == scene.FRAMES + 10:  # played once, reconnected, 10 frames into the second play
+                server.shutdown()
+                server.server_close()
+    source.close()
+    assert indices == list(range(len(indices))) and len(indices) > scene.FRAMES + 10
+    assert time.monotonic() - start < 30
