@@ -132,13 +132,14 @@ def test_cli_json_lines_every_frame_stats_and_folder_source(model_dir, weights, 
     assert out.splitlines()[-1].startswith(f"{scene.FRAMES} frames, 4 tracks: p010 (2 tracks), p011 (1 track)")
 
 
-def test_sigint_ends_a_realtime_run_with_the_summary(model_dir, weights, galleries, video, tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_ends_a_realtime_run_with_the_summary(model_dir, weights, galleries, video, sig):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen([sys.executable, "-m", "sfpn_edge", *_cli(
         model_dir, weights, "watch", video, "--db", galleries["blazeface"], "--json-lines", "--realtime")],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     first = json.loads(proc.stdout.readline())  # the first event: played at 10 frames/s, 8 s in all
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     out, err = proc.communicate(timeout=20)
     records = [first] + [json.loads(line) for line in out.splitlines()]
     assert proc.returncode == 0, err
