@@ -6,7 +6,9 @@
     result.same, result.score, result.threshold, result.timings_ms
 
 Face policy, per image: the detector runs on the image, then (if it found nothing) on a copy
-with a 25 % border, which finds faces that fill the whole frame. No face at all raises
+with a 25 % border, which finds faces that fill the whole frame. A detector with a fallback chain
+(``fallbacks=``; BlazeFace's default: full range, then MTCNN, each when its weights are cached)
+tries the next detectors wherever the one before found nothing (``Face.found_by``). No face at all raises
 ``ImageError("<image>: no face found")``. Several faces: the largest box is used
 (``face_policy="largest"``, the default; MTCNN then skips faces under ``MIN_FACE_FRACTION`` of the
 short side, rerunning in full only when that finds nothing), every face, largest first
@@ -49,6 +51,7 @@ from sfpn_edge import align, quality, thresholds
 from sfpn_edge.calibration import Calibration, gallery_key, resolve_calibration
 from sfpn_edge.detect import Detector, Face, check_image
 from sfpn_edge.detect import registry as detectors
+from sfpn_edge.detect.chain import DetectorChain
 from sfpn_edge.detect.policy import RETRY_PAD, find_faces
 from sfpn_edge.detect.registry import make_detector
 from sfpn_edge.embed import FaceEmbedder
@@ -158,6 +161,7 @@ class FaceVerifier:
         runtime: Optional[Runtime] = None,
         detector: Union[Detector, str] = detectors.DEFAULT,
         detector_weights: Union[str, Path, None] = None,
+        fallbacks: Optional[Sequence[str]] = None,
         margin: Optional[float] = None,
         flip: bool = False,
         face_policy: str = "largest",
@@ -176,7 +180,9 @@ class FaceVerifier:
         # True: the model directory's calibration when it has one (descriptors and thresholds).
         self.calibration = resolve_calibration(calibration, self.model.path, self.model.manifest)
         if isinstance(detector, str):
-            detector = make_detector(detector, detector_weights, self.runtime)
+            model = self.model
+            detector = make_detector(detector, detector_weights, self.runtime, fallbacks=fallbacks,
+                                     framing=lambda name: (model.margin(name), model.shift(name)))
         self.detector = detector
         self.detector_name = getattr(detector, "name", type(detector).__name__.lower())
         try:
@@ -248,6 +254,7 @@ class FaceVerifier:
         return {
             "model": self.embedder.describe(),
             "detector": self.detector_name,
+            "fallbacks": self.detector.describe()["fallbacks"] if isinstance(self.detector, DetectorChain) else {},
             "margin": self.margin,
             "shift": self.crop_spec.shift,
             "flip": self.flip,

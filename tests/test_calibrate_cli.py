@@ -77,7 +77,7 @@ def test_calibrate_bake_evaluate(own_model, cal_list, pairs_root, capsys):
     cal = result["calibration"]
     assert (cal["method"], cal["dim_in"], cal["dim_out"]) == ("lda", 1000, 16)
     assert cal["identities"] == 24 and result["images"] == {"total": 144, "used": 144, "skipped": 0,
-                                                           "face_sources": {}}
+                                                           "face_sources": {}, "found_by": {}}
     assert cal["shrinkage"] == 0.5 and cal["crop"] == "full" and len(cal["model_sha256"]) == 64
     fars = [p["far"] for p in result["operating_points"]]
     assert 1e-2 in fars and all(p["crop"] == "full" for p in result["operating_points"])

@@ -83,7 +83,7 @@ def test_eval_pairs_full_crop_matches_independent_reference(lfw_tree, model_dir,
     cfg = report["config"]
     assert cfg["crop"] == "full" and cfg["flip"] is False and cfg["backend"] == "onnxruntime"
     assert cfg["model_sha256"] == sha256_file(model_dir / "model.onnx")
-    assert report["images"] == {"total": 16, "embedded": 16, "unusable": 0, "face_sources": {},
+    assert report["images"] == {"total": 16, "embedded": 16, "unusable": 0, "face_sources": {}, "found_by": {},
                                 "seconds": report["images"]["seconds"],
                                 "cpu_seconds": report["images"]["cpu_seconds"]}
     assert report["skipped"] == {"images": [], "pairs": {"pairs.txt": 0}}

@@ -9,7 +9,7 @@ import pytest
 
 from sfpn_edge.align import TEMPLATE_113
 from sfpn_edge.detect import Face
-from sfpn_edge.quality import GATES, QualityGate, assess, blur, gate, pose
+from sfpn_edge.quality import GATES, QualityGate, assess, blur, face_pose, gate, pose
 
 
 def rotated(points: np.ndarray, degrees: float) -> np.ndarray:
@@ -38,6 +38,40 @@ def test_yaw_is_the_atan_of_the_nose_offset_in_half_widths():
     mirrored = marks.copy()
     mirrored[:, 0] = 113 - marks[:, 0]
     assert pose(mirrored[[1, 0, 2, 4, 3]])[0] == pytest.approx(-45.0, abs=0.1)
+
+
+BLAZEFACE_POINTS = ("eye_left", "eye_right", "nose", "mouth", "ear_left", "ear_right")
+
+
+def blazeface_face(marks: np.ndarray) -> Face:
+    """A face with BlazeFace-style keypoints made from 5 landmarks (mouth centre; ears beside the eyes)."""
+    mouth = marks[[3, 4]].mean(0)
+    ears = marks[[0, 1]] + np.array([[-20.0, 5.0], [20.0, 5.0]])
+    points = np.vstack([marks[:3], mouth, ears]).astype(np.float32)
+    return Face((0.0, 0.0, 113.0, 113.0), 0.9, None, points, BLAZEFACE_POINTS)
+
+
+def test_pose_from_blazeface_keypoints_uses_the_eyes_half_distance():
+    upright = face_pose(blazeface_face(rotated(TEMPLATE_113, 0.0)))
+    assert abs(upright[0]) < 1.0 and abs(upright[1]) < 1e-3
+    marks = TEMPLATE_113.copy()
+    eye_half = (marks[1, 0] - marks[0, 0]) / 2
+    marks[2, 0] = (marks[[0, 1], 0].mean() + marks[[3, 4], 0].mean()) / 2 + eye_half
+    yaw, roll = face_pose(blazeface_face(rotated(marks, -20.0)))
+    assert yaw == pytest.approx(45.0, abs=0.1) and roll == pytest.approx(-20.0, abs=1e-3)
+    assert face_pose(Face((0.0, 0.0, 9.0, 9.0), 0.5)) == (None, None)
+
+
+def test_real_blazeface_faces_get_a_yaw_that_tells_frontal_from_profile(blazeface_dir, cfp_root):
+    from sfpn_edge.detect.blazeface import BlazeFace
+    from sfpn_edge.io import read_image
+
+    detector = BlazeFace(blazeface_dir, threads=1)
+    images = cfp_root / "Data" / "Images"
+    yaw = {name: face_pose(detector.detect(read_image(images / name))[0])[0]
+           for name in ("001/frontal/01.jpg", "003/frontal/01.jpg", "001/profile/02.jpg", "003/profile/01.jpg")}
+    assert abs(yaw["001/frontal/01.jpg"]) < 10 and abs(yaw["003/frontal/01.jpg"]) < 10, yaw
+    assert abs(yaw["001/profile/02.jpg"]) > 25 and abs(yaw["003/profile/01.jpg"]) > 25, yaw
 
 
 def test_blur_drops_on_a_blurred_crop_and_ignores_the_mean():

@@ -119,14 +119,15 @@ BENCH_DETECTORS = ("blazeface", "blazeface-full", "mtcnn")
 
 
 def _detectors(threads: int = 1):
-    """(name, detector or None, reason) for each of ``BENCH_DETECTORS`` (None: weights not fetched)."""
+    """(name, detector or None, reason) for each of ``BENCH_DETECTORS`` alone, no fallback chain
+    (None: weights not fetched)."""
     from sfpn_edge.detect.registry import make_detector
     from sfpn_edge.errors import ModelError
     from sfpn_edge.runtime import Runtime
 
     for name in BENCH_DETECTORS:
         try:
-            yield name, make_detector(name, None, Runtime.resolve(threads=threads)), ""
+            yield name, make_detector(name, None, Runtime.resolve(threads=threads), fallbacks=()), ""
         except (ModelError, ImportError) as exc:
             yield name, None, str(exc).splitlines()[0]
 

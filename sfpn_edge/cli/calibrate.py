@@ -133,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
         raise SfpnError("--thresholds needs identities (one folder per identity, or --labels)")
     if (args.bake or args.int8) and args.out is not None:
         raise SfpnError("--bake and --int8 write into the model directory; leave out --out")
-    detector = make_detector(args, embedder.runtime) if args.crop == "detect" else None
+    detector = make_detector(args, embedder) if args.crop == "detect" else None
     margin = crop_spec(args.crop, embedder, args.margin, detector).margin if args.crop == "detect" else None
     start = time.perf_counter()
     emb = embed_samples([Sample(p) for p in paths], embedder, crop=args.crop, margin=margin, flip=args.flip,
@@ -178,7 +178,7 @@ def run(args: argparse.Namespace) -> int:
         "stored": str(stored),
         "calibration": {**cal.summary(), "model_sha256": cal.model_sha256, "labels": label_source},
         "images": {"total": len(paths), "used": int(ok.sum()), "skipped": len(emb.failures),
-                   "face_sources": emb.face_sources},
+                   "face_sources": emb.face_sources, "found_by": emb.found_by},
         "skipped": [{"path": str(paths[i]), "reason": why} for i, why in emb.failures.items()],
         "operating_points": cal.operating_points,
         "pairs": pair_counts,

@@ -57,6 +57,11 @@ def add_detector_options(group) -> None:
     group.add_argument("--detector-weights", type=Path, metavar="PATH",
                        help="the detector's weights (default: the cache, filled by "
                             "`sfpn-edge fetch-weights --detector NAME`; yunet: its .onnx file)")
+    group.add_argument("--fallback", type=_fallbacks, metavar="NAME[,NAME]|none",
+                       help="detectors tried in order on photos the detector finds no face in, with their "
+                            "cached weights; skipped when not fetched (default: the detector's own chain, "
+                            + "; ".join(f"{s.name}: {', '.join(s.fallbacks)}" for s in detectors.specs() if s.fallbacks)
+                            + "; none for the others)")
 
 
 ONE_FACE = ("largest", "error")
@@ -114,7 +119,7 @@ def make_verifier(args: argparse.Namespace):
     from sfpn_edge.pipeline import FaceVerifier
 
     return FaceVerifier(model_dir(args), runtime=runtime(args), detector=args.detector,
-                        detector_weights=args.detector_weights,
+                        detector_weights=args.detector_weights, fallbacks=args.fallback,
                         margin=args.margin, flip=args.flip, face_policy=args.face_policy,
                         min_quality=args.min_quality,
                         threshold=getattr(args, "threshold", None), far=getattr(args, "far", None))
@@ -127,11 +132,25 @@ def make_embedder(args: argparse.Namespace):
     return FaceEmbedder(model_dir(args), runtime=runtime(args))
 
 
-def make_detector(args: argparse.Namespace, rt=None):
-    """The face detector for the parsed pipeline options, on ``rt`` (default: the options' runtime)."""
+def make_detector(args: argparse.Namespace, embedder):
+    """The face detector (and its fallback chain) for the parsed pipeline options, on ``embedder``'s
+    runtime, with fallback faces framed as ``embedder``'s model frames them."""
     from sfpn_edge.detect.registry import make_detector as make
 
-    return make(args.detector, args.detector_weights, rt if rt is not None else runtime(args))
+    model = embedder.dir
+    return make(args.detector, args.detector_weights, embedder.runtime, fallbacks=args.fallback,
+                framing=lambda name: (model.margin(name), model.shift(name)))
+
+
+def _fallbacks(text: str) -> tuple:
+    from sfpn_edge.detect import registry as detectors
+
+    names = () if text.strip().lower() == "none" else tuple(n.strip() for n in text.split(",") if n.strip())
+    unknown = [n for n in names if n not in detectors.names()]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown detector {unknown[0]!r}; choose from "
+                                         f"{', '.join(detectors.names())} or none")
+    return names
 
 
 def _positive_int(text: str) -> int:

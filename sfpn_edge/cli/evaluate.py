@@ -113,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
             raise SfpnError("pairs files carry no landmarks: use --crop detect or --crop full")
 
     embedder = make_embedder(args)
-    detector = make_detector(args, embedder.runtime) if args.crop == "detect" else None
+    detector = make_detector(args, embedder) if args.crop == "detect" else None
     margin = None if args.crop == "full" else crop_spec(args.crop, embedder, args.margin, detector).margin
     show = not args.no_progress and sys.stderr.isatty()
     cpu_start = time.process_time()
@@ -139,6 +139,8 @@ def run(args: argparse.Namespace) -> int:
         "config": {
             **source,
             "crop": args.crop,
+            "detector": getattr(detector, "name", None),
+            "fallbacks": detector.describe()["fallbacks"] if hasattr(detector, "fallbacks") else {},
             "margin": margin,
             "flip": args.flip,
             "backend": embedder.backend,
@@ -157,6 +159,7 @@ def run(args: argparse.Namespace) -> int:
             "seconds": round(emb.seconds, 3),
             "cpu_seconds": round(time.process_time() - cpu_start, 3),
             "face_sources": emb.face_sources,
+            "found_by": emb.found_by,
         },
         "skipped": {
             "images": [{"path": str(emb.samples[i].path), "reason": why} for i, why in emb.failures.items()],
@@ -229,6 +232,8 @@ def format_report(report: dict) -> str:
         lines.append(f"calibration: {cal['method']}{dims}, {cal['protocol']}")
     if img["face_sources"]:
         lines.append("faces: " + ", ".join(f"{k} {v}" for k, v in sorted(img["face_sources"].items())))
+    if len(img["found_by"]) > 1:
+        lines.append("found by: " + ", ".join(f"{k} {v}" for k, v in sorted(img["found_by"].items())))
     header = ("protocol", "pairs", "skipped", "accuracy %", "EER %", "AUC", "TAR@1e-2 %", "TAR@1e-3 %")
     rows = []
     for name, m in report["results"].items():

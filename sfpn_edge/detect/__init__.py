@@ -10,7 +10,7 @@ where sfpn-edge asks for a detector (e.g. the YuNet adapter in ``sfpn_edge.detec
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import List, Optional, Protocol, Tuple, runtime_checkable
 
 import cv2
@@ -30,7 +30,8 @@ class Face:
     ``box`` is (x0, y0, x1, y1) with x1/y1 exclusive edges (so width = x1 - x0) and may reach
     outside the image; ``landmarks`` is float32 (5, 2) x, y in ``LANDMARKS`` order, or None for
     detectors without those five points; ``keypoints`` float32 (K, 2) are a detector's own points,
-    named by ``keypoint_names`` (BlazeFace: eyes, nose, mouth centre, ears).
+    named by ``keypoint_names`` (BlazeFace: eyes, nose, mouth centre, ears); ``found_by`` names
+    the detector of a fallback chain that found it (``sfpn_edge.detect.chain``), "" outside one.
     """
 
     box: Tuple[float, float, float, float]
@@ -38,6 +39,7 @@ class Face:
     landmarks: Optional[np.ndarray] = None
     keypoints: Optional[np.ndarray] = None
     keypoint_names: Tuple[str, ...] = ()
+    found_by: str = ""
 
     @property
     def width(self) -> float:
@@ -63,7 +65,7 @@ class Face:
         corners = fn(np.array(self.box, np.float64).reshape(2, 2)).ravel()
         marks = None if self.landmarks is None else fn(self.landmarks).astype(np.float32)
         keys = None if self.keypoints is None else fn(self.keypoints).astype(np.float32)
-        return Face(tuple(float(v) for v in corners), self.score, marks, keys, self.keypoint_names)
+        return replace(self, box=tuple(float(v) for v in corners), landmarks=marks, keypoints=keys)
 
     def to_dict(self) -> dict:
         out = {
@@ -75,6 +77,8 @@ class Face:
         if self.keypoints is not None:
             out["keypoints"] = {name: [round(float(x), 2), round(float(y), 2)]
                                 for name, (x, y) in zip(self.keypoint_names, self.keypoints)}
+        if self.found_by:
+            out["found_by"] = self.found_by
         return out
 
 

@@ -43,6 +43,7 @@ class Embeddings:
     failures: Dict[int, str]
     face_sources: Dict[str, int]  # detect mode: how each face was found (see detect.policy)
     seconds: float
+    found_by: Dict[str, int] = field(default_factory=dict)  # detect mode: which detector of a chain
 
     @property
     def ok(self) -> np.ndarray:
@@ -74,7 +75,7 @@ class _Cropper:
     def __init__(self, crop: str, spec: align.CropSpec, detector=None, no_face: str = "whole-image"):
         self.crop, self.spec, self.detector, self.no_face = crop, spec, detector, no_face
 
-    def __call__(self, sample: Sample) -> Tuple[np.ndarray, np.ndarray, Optional[str]]:
+    def __call__(self, sample: Sample) -> Tuple[np.ndarray, np.ndarray, Optional[Tuple[str, str]]]:
         image = read_image(sample.path)
         if self.crop == "full":
             return image, align.full_image_matrix(image.shape[1], image.shape[0], self.spec.size), None
@@ -83,7 +84,7 @@ class _Cropper:
                 raise SfpnError(f"{sample.path}: no landmarks for --crop fiducials (use full or detect)")
             return image, self.spec.matrix(align.points_box(read_cfp_landmarks(sample.landmarks))), None
         det = find_face(self.detector, image, retry_pad=RETRY_PAD, fallback=self.no_face, pick="largest")
-        return image, self.spec.matrix(det.face.box), det.source
+        return image, self.spec.matrix(det.face.box), (det.source, det.face.found_by)
 
 
 def crop_samples(samples: Sequence[Sample], spec: align.CropSpec, crop: str, detector=None) -> np.ndarray:
@@ -119,6 +120,7 @@ def embed_samples(
     vectors = np.zeros((n, embedder.descriptor_dim), np.float32)
     failures: Dict[int, str] = {}
     sources: Counter = Counter()
+    found_by: Counter = Counter()
 
     def prepare(start: int):
         """Crops of one chunk (runs in a worker thread; shares nothing mutable)."""
@@ -147,7 +149,8 @@ def embed_samples(
         while pending:
             crops, index, failed, found = pending.popleft().result()
             failures.update(failed)
-            sources.update(s for s in found if s)
+            sources.update(s[0] for s in found if s)
+            found_by.update(s[1] for s in found if s and s[1])
             nxt = next(starts, None)
             if nxt is not None:
                 pending.append(pool.submit(prepare, nxt))
@@ -163,7 +166,7 @@ def embed_samples(
         first = failures[min(failures)]
         raise SfpnError(f"none of the {n} images could be used; first: {first}")
     return Embeddings(list(samples), vectors, dict(sorted(failures.items())), dict(sources),
-                      time.perf_counter() - begin)
+                      time.perf_counter() - begin, dict(found_by))
 
 
 @dataclass
