@@ -43,7 +43,7 @@ def setups(model_dir, mtcnn_dir, blazeface_dir, cfp_root, tmp_path_factory) -> d
     cv2.setNumThreads(1)
     out = {}
     for name, weights in (("blazeface", blazeface_dir), ("mtcnn", mtcnn_dir)):
-        verifier = FaceVerifier(model_dir, runtime=rt, detector=make_detector(name, weights, rt))
+        verifier = FaceVerifier(model_dir, runtime=rt, detector=make_detector(name, weights, rt, fallbacks=()))
         path = tmp_path_factory.mktemp("bench-gallery") / f"{name}.db"
         with FaceGallery(path, model_sha256=verifier.model_sha256, dim=verifier.descriptor_dim) as gallery:
             for person in scene.ENROLLED:

@@ -1,6 +1,6 @@
 """FaceStream: frames in (camera, video, stream, folder), tracked and identified faces out.
 
-    verifier = FaceVerifier(threads=1)                     # detector, crop, embedder, threshold
+    verifier = FaceVerifier(threads=1, fallbacks=())       # detector, crop, embedder, threshold
     with FaceGallery("people.db", model_sha256=verifier.model_sha256, dim=verifier.descriptor_dim,
                      readonly=True) as gallery:
         stream = FaceStream("door.avi", verifier, gallery)
@@ -8,6 +8,9 @@
             for event in result.events:                    # enter / identify / leave
                 print(event.to_dict())
         stream.summary()
+
+Build the verifier without a fallback chain (``fallbacks=()``): most frames of a camera hold no face,
+and each would run the fallback detectors.
 
 Per frame: the detector runs every ``detect_every`` frames, and on the next frame whenever a track
 is new (its velocity unknown), missed a detection or left the picture; in between, tracks move by

@@ -38,7 +38,7 @@ def weights(mtcnn_dir, blazeface_dir) -> dict:
 
 
 def _verifier(model_dir, weights, detector: str) -> FaceVerifier:
-    return FaceVerifier(model_dir, detector=detector, detector_weights=weights[detector], threads=1)
+    return FaceVerifier(model_dir, detector=detector, detector_weights=weights[detector], fallbacks=(), threads=1)
 
 
 @pytest.fixture(scope="module")

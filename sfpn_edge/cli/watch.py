@@ -21,7 +21,8 @@ def register(subparsers) -> None:
                     "threshold identify uses; below it a face stays unknown). Prints one event per track "
                     "change (enter, identify, leave) and a summary at the end or on SIGINT/SIGTERM. "
                     "Cameras and URLs run in real time (frames are dropped rather than lag); files and "
-                    "folders are read frame by frame, deterministically.",
+                    "folders are read frame by frame, deterministically. --fallback defaults to none here: "
+                    "most frames hold no face, and each would run the fallback detectors.",
     )
     parser.add_argument("source", metavar="SOURCE",
                         help="camera index (0), video file, rtsp:// or http:// URL, or a folder of frames")
@@ -52,7 +53,8 @@ def register(subparsers) -> None:
     add_detector_options(parser.add_argument_group("face pipeline"))
     add_threshold_options(parser)
     add_model_options(parser)
-    parser.set_defaults(func=run, margin=None, flip=False, face_policy="all")
+    # no fallback chain unless asked: most frames of a camera hold no face, and each would run it
+    parser.set_defaults(func=run, margin=None, flip=False, face_policy="all", fallback=())
 
 
 def run(args: argparse.Namespace) -> int:
