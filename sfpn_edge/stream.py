@@ -138,7 +138,8 @@ class Stats:
 
 
 class FaceStream:
-    """An iterator of ``FrameResult`` over ``source`` (a name for ``video.open_source`` or a ``FrameSource``)."""
+    """An iterator of ``FrameResult`` over ``source`` (a name for ``video.open_source`` or a ``FrameSource``),
+    for one pass: the source is closed when the iteration ends."""
 
     def __init__(self, source: Union[str, int, Path, FrameSource], verifier: "FaceVerifier", gallery: "FaceGallery",
                  *, detect_every: int = 5, min_crops: int = 2, best_crops: int = 5, reid_after: float = 10.0,
@@ -167,12 +168,12 @@ class FaceStream:
         v = self.verifier  # warm up (a backend's first run is slow) so the first face costs what later ones do
         v.embed_crops(np.zeros((2 if v.flip else 1, 3, v.crop_spec.size, v.crop_spec.size), np.float32))
         start = time.perf_counter()
-        last_detect, force = None, True
+        last_detect, force = 0, True
         try:
             for frame in self.source:
                 if self._stopped:
                     break
-                due = force or last_detect is None or frame.index - last_detect >= self.detect_every
+                due = force or frame.index - last_detect >= self.detect_every
                 events = self._detect(frame) if due else []
                 if due:
                     last_detect = frame.index

@@ -76,6 +76,8 @@ def open_source(source: Union[str, int, Path], *, fps: Optional[float] = None, r
         plain: FrameSource = FolderSource(path, fps or DEFAULT_FPS)
     elif path.is_file():
         plain = _Capture(text, live=False, retries=0, backoff=backoff, timeout=timeout, fps=fps)
+    elif path.exists():
+        raise SourceError(f"{text}: not a regular file or folder (a FIFO or device is not read, so it cannot hang)")
     else:
         raise SourceError(f"{text}: no such file or folder (nor a camera index or stream URL)")
     return ThreadedSource(plain) if realtime else plain

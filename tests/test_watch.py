@@ -214,6 +214,10 @@ def test_corrupt_truncated_and_unreachable_sources_fail_clearly(model_dir, weigh
     assert code == 2 and "cannot open the stream after 3 attempts" in err and time.monotonic() - start < 10
     code = main(_cli(model_dir, weights, "watch", tmp_path / "missing.avi", "--db", galleries["blazeface"]))
     assert code == 2 and "no such file or folder" in capsys.readouterr().err
+    os.mkfifo(tmp_path / "fifo.avi")
+    with pytest.raises(SourceError, match="not a regular file"):
+        open_source(tmp_path / "fifo.avi")
+    (tmp_path / "fifo.avi").unlink()
     with pytest.raises(SourceError, match="no image files"):
         open_source(tmp_path)  # a folder without frames (only the .avi files above)
 
