@@ -249,3 +249,43 @@ def test_a_stream_that_ends_is_reopened_then_fails_clearly(video):
     source.close()
     assert indices == list(range(len(indices))) and len(indices) > scene.FRAMES + 10
     assert time.monotonic() - start < 30
+
+
+class _Rigged:
+    """A gallery whose answers a test rewrites: ``answer(call, matches) -> matches`` per lookup."""
+
+    def __init__(self, gallery, answer):
+        self.gallery, self.answer, self.calls = gallery, answer, 0
+        self.path = gallery.path
+
+    def __len__(self):
+        return len(self.gallery)
+
+    def identify_batch(self, probes, k):
+        self.calls += 1
+        return self.answer(self.calls, self.gallery.identify_batch(probes, k))
+
+
+def test_reidentification_can_name_an_unknown_track_but_never_renames(model_dir, weights, galleries, video):
+    from sfpn_edge.gallery import Match
+
+    verifier = _verifier(model_dir, weights, "blazeface")
+    with FaceGallery(galleries["blazeface"], model_sha256=verifier.model_sha256, dim=verifier.descriptor_dim,
+                     readonly=True) as gallery:
+        def events(answer, **options):
+            rigged = _Rigged(gallery, answer)
+            found = [e for r in FaceStream(video, verifier, rigged, **options) for e in r.events if e.kind == "identify"]
+            return found, rigged.calls
+
+        plain, calls = events(lambda call, m: m, reid_margin=0.0, reid_after=1e9)
+        assert [(e.track_id, e.identity) for e in plain] == [(1, "p010"), (2, "p011"), (3, None), (4, "p010")]
+        assert calls == 4  # one lookup per track: neither near the threshold nor due again
+        _, often = events(lambda call, m: m, reid_margin=0.0, reid_after=0.5)
+        assert often > calls  # re-identified every 0.5 s of video
+        # the first lookup says "below threshold": track 1 starts unknown, is named at a later crop
+        rigged, _ = events(lambda call, m: [[Match(m[0][0].name, verifier.threshold - 0.01)]] if call == 1 else m)
+        assert [e.identity for e in rigged if e.track_id == 1] == [None, "p010"]
+        # later lookups say someone else above threshold: a named track keeps its name until lost
+        other = [[Match("p013", 0.99)]]
+        kept, _ = events(lambda call, m: m if call <= 2 else other, reid_after=0.2)
+        assert [(e.track_id, e.identity) for e in kept if e.track_id <= 2] == [(1, "p010"), (2, "p011")]
