@@ -140,7 +140,8 @@ class _Capture(FrameSource):
                  timeout: float, fps: Optional[float]):
         if retries < 0 or backoff < 0 or not timeout > 0:
             raise SfpnError("retries and backoff must be >= 0 and timeout > 0")
-        self.target, self.name, self.live = target, str(target), live
+        self.target, self.live = target, live
+        self.name = f"camera {target}" if isinstance(target, int) else str(target)
         self.retries, self.backoff, self.timeout_ms = retries, backoff, int(timeout * 1000)
         self._stop = threading.Event()
         self._capture = self._open()
@@ -166,7 +167,7 @@ class _Capture(FrameSource):
                 break
             delay = min(delay * 2, MAX_BACKOFF)
         tries = f" after {self.retries + 1} attempts" if self.retries else ""
-        why = ("the camera" + tries + " (missing or busy)" if isinstance(self.target, int)
+        why = ("it" + tries + " (missing or busy)" if isinstance(self.target, int)
                else "the stream" + tries + " (unreachable or not a video stream)" if self.live
                else "the video file (corrupt, truncated, or not a video OpenCV's FFmpeg decodes)")
         raise SourceError(f"{self.name}: cannot open {why}")
