@@ -117,7 +117,7 @@ def test_quick_speed_target_is_computed_from_the_rows(quick_run):
 def test_quick_stages_rows(quick_run):
     _, result, _ = quick_run
     names = {s["stage"] for s in result["stages"]}
-    assert names == {"align", "score", "detect", "verify"}
+    assert names == {"align", "score", "detect", "verify", "watch"}
     for s in result["stages"]:
         assert s["status"] in ("ok", "not available"), s
         if s["status"] == "ok":

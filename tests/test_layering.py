@@ -29,6 +29,7 @@ ALLOWED = {  # layer -> the layers it may import
 }
 RUNTIME = ["sfpn_edge.io", "sfpn_edge.detect", "sfpn_edge.detect.mtcnn", "sfpn_edge.detect.policy",
            "sfpn_edge.align", "sfpn_edge.embed", "sfpn_edge.score", "sfpn_edge.pipeline", "sfpn_edge.gallery",
+           "sfpn_edge.video", "sfpn_edge.track", "sfpn_edge.stream",
            "sfpn_edge.backends", "sfpn_edge.backends.select", "sfpn_edge.models", "sfpn_edge.calibration",
            "sfpn_edge.cache", "sfpn_edge.bundle", "sfpn_edge.bundle_install", "sfpn_edge.errors",
            "sfpn_edge.platform_info", "sfpn_edge.kernels", "sfpn_edge.kernels.engine", "sfpn_edge.kernels.warp"]

@@ -11,6 +11,7 @@ RUNTIME_MODULES = [
     "sfpn_edge.score",
     "sfpn_edge.pipeline",
     "sfpn_edge.gallery",
+    "sfpn_edge.stream",
     "sfpn_edge.calibration",
     "sfpn_edge.models",
     "sfpn_edge.samples",

@@ -14,11 +14,12 @@ import numpy as np
 from sfpn_edge.bench.timing import percentiles_ms, time_calls
 from sfpn_edge.errors import SfpnError
 
-STAGES = ("align", "score", "detect", "verify")
+STAGES = ("align", "score", "detect", "verify", "watch")
 FACE_SIZE = 113
 N_FACES = 32
 GALLERY, PROBES, TOP_K = 10_000, 64, 5
 N_IMAGES = 8
+WATCH_FRAMES, WATCH_FPS = 30, 10.0
 
 
 def _timed(fn: Callable[[], object], spec: dict, per: int) -> dict:
@@ -173,9 +174,46 @@ def verify(spec: dict) -> tuple:
     return rows, f"{len(pairs)} photo pairs", "per image"
 
 
+def watch(spec: dict) -> tuple:
+    """``FaceStream`` in file mode (detect every 5 frames, track, identify) on a 640x480 clip of the
+    face photos sliding across, one enrolled, per detector."""
+    import tempfile
+
+    from sfpn_edge.gallery import FaceGallery
+    from sfpn_edge.pipeline import FaceVerifier
+    from sfpn_edge.stream import FaceStream
+    from sfpn_edge.video import ArraySource
+
+    images = face_images(spec)
+    frames = []
+    for k in range(WATCH_FRAMES):
+        canvas = np.full((480, 640, 3), 120, np.uint8)
+        face = images[k // 10 % len(images)][:400, :400]
+        x, y = 40 + 12 * (k % 10), 60
+        canvas[y:y + face.shape[0], x:x + face.shape[1]] = face
+        frames.append(canvas)
+    rows = []
+    for name, detector, reason in _detectors():
+        impl = f"FaceStream file mode ({name})"
+        if detector is None:
+            rows.append({"impl": impl, "status": "not available", "reason": reason})
+            continue
+        verifier = FaceVerifier(model_dir=spec["model_dir"], detector=detector, threads=1, threshold=0.5)
+        with tempfile.TemporaryDirectory() as tmp, FaceGallery(
+                Path(tmp) / "g.db", model_sha256=verifier.model_sha256, dim=verifier.descriptor_dim) as gallery:
+            gallery.enroll("enrolled", verifier.embed_images(images[:1])[0])
+
+            def run(verifier=verifier, gallery=gallery):
+                for _ in FaceStream(ArraySource(frames, WATCH_FPS), verifier, gallery):
+                    pass
+
+            rows.append({"impl": impl, **_timed(run, spec, len(frames))})
+    return rows, f"{WATCH_FRAMES} frames 640x480, {len(images)} photos sliding across", "per frame"
+
+
 def run(name: str, spec: dict) -> dict:
     """Run stage ``name``; returns ``{"rows": [...], "workload", "unit"}``."""
-    stages = {"align": align, "score": score, "detect": detect, "verify": verify}
+    stages = {"align": align, "score": score, "detect": detect, "verify": verify, "watch": watch}
     if name not in stages:
         raise SfpnError(f"unknown stage {name!r}; choose from {', '.join(STAGES)}")
     rows, workload, unit = stages[name](spec)

@@ -23,6 +23,7 @@ COMMANDS = [
     "embed",
     "enroll",
     "identify",
+    "watch",
     "gallery",
     "evaluate",
     "calibrate",
