@@ -1,6 +1,6 @@
 """Per-call instruction classes -> estimated time on a Raspberry Pi's core (tools/arm64-cost).
 
-    python model.py report COUNTS_DIR OUT.json [--markdown OUT.md]
+    python model.py report COUNTS_DIR OUT.json [--markdown OUT.md]   # COUNTS_DIR/QEMU_CPU/NAME.txt
 
 An issue-rate (throughput) model: every class is charged to the pipelines that can execute it,
 at the rate the core's Software Optimization Guide gives, and a call takes as many cycles as its
@@ -32,6 +32,7 @@ CLASSES = ("dot", "int_mac", "fp_mac", "simd_other", "load", "store", "branch", 
 class Core:
     name: str
     board: str
+    qemu_cpu: str          # the CPU model the counts for this core come from (what the libraries see)
     ghz: float
     decode: int
     vector_pipes: int      # ASIMD/FP pipes for dot, FP MAC and other SIMD
@@ -61,8 +62,8 @@ class Core:
 
 
 CORES = (
-    Core("cortex-a76", "Raspberry Pi 5", 2.4, 4, 2, 1, {"shared": 2.0}, 3, True),
-    Core("cortex-a72", "Raspberry Pi 4", 1.8, 3, 2, 1, {"load": 1.0, "store": 1.0}, 2, False),
+    Core("cortex-a76", "Raspberry Pi 5", "neoverse-n1", 2.4, 4, 2, 1, {"shared": 2.0}, 3, True),
+    Core("cortex-a72", "Raspberry Pi 4", "cortex-a72", 1.8, 3, 2, 1, {"load": 1.0, "store": 1.0}, 2, False),
 )
 
 
@@ -79,39 +80,53 @@ def per_call(path: Path) -> Dict[str, float]:
     return {c: (marks[2][k] - marks[1][k]) / calls for k, c in enumerate(CLASSES)}
 
 
-def estimate(n: Dict[str, float]) -> Dict[str, object]:
-    row: Dict[str, object] = {"instructions": {c: round(n[c]) for c in CLASSES},
+def estimate(core: Core, n: Dict[str, float]) -> Dict[str, object]:
+    """One core's estimate from the per-call counts ``n`` measured under its ``qemu_cpu``."""
+    out: Dict[str, object] = {"qemu_cpu": core.qemu_cpu, "instructions": {c: round(n[c]) for c in CLASSES},
                               "total_instructions": round(sum(n.values()))}
-    for core in CORES:
-        try:
-            cyc = core.cycles(n)
-        except ValueError as exc:
-            row[core.name] = {"status": "not runnable", "reason": str(exc)}
-            continue
-        limit = max((k for k in cyc if k != "bound"), key=cyc.get)
-        row[core.name] = {"ms": round(cyc["bound"] / (core.ghz * 1e6), 3), "bound_by": limit,
-                          "cycles": {k: round(v) for k, v in cyc.items()}}
-    return row
+    try:
+        cyc = core.cycles(n)
+    except ValueError as exc:
+        return {**out, "status": "not runnable", "reason": str(exc)}
+    limit = max((k for k in cyc if k != "bound"), key=cyc.get)
+    return {**out, "ms": round(cyc["bound"] / (core.ghz * 1e6), 3), "bound_by": limit,
+            "cycles": {k: round(v) for k, v in cyc.items()}}
 
 
-def report(counts_dir: Path) -> dict:
+def report(counts_root: Path) -> dict:
+    """Every workload counted under ``counts_root/QEMU_CPU/NAME.txt``, estimated on each core from
+    the counts of its own CPU model (a library that dispatches on CPU features runs another path
+    on an armv8.0 core); the top-level instruction counts are the first core's."""
+    names = sorted({p.stem for core in CORES for p in (counts_root / core.qemu_cpu).glob("*.txt")})
     rows = []
-    for path in sorted(counts_dir.glob("*.txt")):
-        meta = json.loads(path.with_suffix(".json").read_text())
-        rows.append({**meta, "status": "emulated", **estimate(per_call(path))})
+    for name in names:
+        row: Dict[str, object] = {"name": name, "status": "emulated"}
+        for core in CORES:
+            path = counts_root / core.qemu_cpu / f"{name}.txt"
+            if not path.is_file():
+                row[core.name] = {"qemu_cpu": core.qemu_cpu, "status": "not counted"}
+                continue
+            row.setdefault("probe", json.loads(path.with_suffix(".json").read_text())["probe"])
+            row[core.name] = estimate(core, per_call(path))
+        first = next(row[c.name] for c in CORES if "instructions" in row[c.name])
+        row["instructions"], row["total_instructions"] = first["instructions"], first["total_instructions"]
+        rows.append(row)
     return {"model": __doc__.split("\n\n")[1].split("\n")[0], "cores": [c.__dict__ for c in CORES],
-            "qemu_cpu": "neoverse-n1", "rows": rows}
+            "rows": rows}
 
 
 def markdown(result: dict) -> str:
+    """The report as a table: classes as counted for the Pi 5 estimate (neoverse-n1), in millions."""
     out = ["| workload | M instructions | dot | int MAC | FP MAC | other SIMD | loads | stores | "
-           "Pi 5 (A76) est. ms | Pi 4 (A72) est. ms |", "|" + "---|" * 10]
+           "Pi 5 (A76) est. ms | M instructions as armv8.0 | Pi 4 (A72) est. ms |", "|" + "---|" * 11]
     for r in result["rows"]:
         i = r["instructions"]
         cells = [f"{i[c] / 1e6:.1f}" for c in ("dot", "int_mac", "fp_mac", "simd_other", "load", "store")]
-        est = [f"{r[c]['ms']:.2f} ({r[c]['bound_by']})" if "ms" in r[c] else "not runnable"
-               for c in ("cortex-a76", "cortex-a72")]
-        out.append(f"| {r['name']} | {r['total_instructions'] / 1e6:.1f} | " + " | ".join(cells + est) + " |")
+        a76, a72 = r["cortex-a76"], r["cortex-a72"]
+        cells.append(f"{a76['ms']:.2f} ({a76['bound_by']})" if "ms" in a76 else a76["status"])
+        cells.append(f"{a72['total_instructions'] / 1e6:.1f}" if "total_instructions" in a72 else "–")
+        cells.append(f"{a72['ms']:.2f} ({a72['bound_by']})" if "ms" in a72 else a72["status"])
+        out.append(f"| {r['name']} | {r['total_instructions'] / 1e6:.1f} | " + " | ".join(cells) + " |")
     return "\n".join(out) + "\n"
 
 
