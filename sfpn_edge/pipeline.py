@@ -72,7 +72,7 @@ FACE_POLICIES = ("largest", "all", "error")
 STAGES = ("decode", "detect", "crop", "quality", "embed", "score")
 MIN_FACE_FRACTION = 0.1
 """With ``face_policy="largest"``: faces under this fraction of the short side are not looked for
-first (MTCNN's pyramid skips their levels); see the README for the measurement."""
+first (MTCNN's pyramid skips their levels); measured in the README's "Detectors"."""
 
 
 @dataclass(frozen=True)

@@ -96,6 +96,7 @@ def _fold_list(text: str) -> List[int]:
 def run(args: argparse.Namespace) -> int:
     from sfpn_edge import __version__
     from sfpn_edge.cache import sha256_file
+    from sfpn_edge.detect.chain import DetectorChain
     from sfpn_edge.evaluate import protocols as P
     from sfpn_edge.evaluate.metrics import histogram
     from sfpn_edge.evaluate.runner import crop_spec, evaluate
@@ -140,7 +141,7 @@ def run(args: argparse.Namespace) -> int:
             **source,
             "crop": args.crop,
             "detector": getattr(detector, "name", None),
-            "fallbacks": detector.describe()["fallbacks"] if hasattr(detector, "fallbacks") else {},
+            "fallbacks": detector.describe()["fallbacks"] if isinstance(detector, DetectorChain) else {},
             "margin": margin,
             "flip": args.flip,
             "backend": embedder.backend,
