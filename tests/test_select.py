@@ -69,12 +69,22 @@ def test_arm_prefers_litert_when_installed_and_says_why():
     for precision in ("fp32", "fp16", "int8"):
         choice = choose("arm", machine, precision=precision)
         assert (choice.backend, choice.device) == ("litert", "CPU")
-        assert "LiteRT 2.3.0" in choice.reason and "not yet measured on ARM" in choice.reason
+        assert "LiteRT 2.3.0" in choice.reason and "estimates, not measured on a Pi" in choice.reason
     assert choose("auto", machine).backend == "litert"
     assert choose("arm", machine, precision="bf16").backend == "onnxruntime"     # LiteRT has no bf16
     assert choose("arm", Environment(ARM, None, None, {}, "2.3.0")).backend == "litert"   # no ORT needed
     assert "sfpn-edge[litert]" in choose("arm", env(ARM, ort=ORT_CPU)).reason
     assert choose("cpu", Environment(X86, ("CPU",), ORT_CPU, {}, "2.3.0")).backend == "openvino"   # x86: as before
+
+
+def test_arm_without_dot_products_runs_int8_on_onnxruntime():
+    pi4 = platform_info.PlatformInfo("Linux", "aarch64", "pi 4", 4, ("asimd",))
+    machine = Environment(pi4, None, ORT_CPU, {}, "1.4.0")
+    int8 = choose("arm", machine, precision="int8")
+    assert (int8.backend, int8.device) == ("onnxruntime", "CPU") and "no asimddp" in int8.reason
+    assert choose("arm", machine, precision="fp32").backend == "litert"
+    assert choose("arm", Environment(pi4, None, None, {}, "1.4.0"), precision="int8").backend == "litert"  # no ORT
+    assert choose("arm", Environment(ARM, None, ORT_CPU, {}, "1.4.0"), precision="int8").backend == "litert"
 
 
 def test_reason_names_the_deciding_facts():

@@ -93,9 +93,10 @@ class Choice:
         return {"target": self.target, "backend": self.backend, "device": self.device, "reason": self.reason}
 
 
-ARM_ORDER = ("ARM order: LiteRT (XNNPACK) > ONNX Runtime XNNPACK provider > ONNX Runtime CPU provider; "
-             "assumed, not yet measured on ARM (the ARM cost-model issue replaces it): LiteRT applies XNNPACK's "
-             "NEON kernels by default and ONNX Runtime's aarch64 PyPI wheels have no XNNPACK provider")
+ARM_ORDER = ("ARM order, from instruction counts under QEMU and a cost model (tools/arm64-cost; estimates, "
+             "not measured on a Pi): per face, Pi 5 LiteRT int8 5.3 ms, ONNX Runtime int8 5.9, LiteRT fp32 13.8, "
+             "ONNX Runtime fp32 14.5; Pi 4 (no dot product) LiteRT fp32 20.0, ONNX Runtime fp32 22.3, "
+             "ONNX Runtime int8 25.8, LiteRT int8 31.1; the native engine 34 / 60")
 LITERT_PRECISIONS = ("fp32", "fp16", "int8")
 
 
@@ -103,10 +104,15 @@ def _arm(env: Environment, target: str, precision: str) -> Choice:
     if not env.platform.is_arm:
         raise SfpnError(f"target 'arm' needs an ARM CPU, this machine is {env.platform.arch}; "
                         f"available targets: {available_targets(env)}")
-    if env.litert is not None and precision in LITERT_PRECISIONS:
+    slow_int8 = precision == "int8" and not env.platform.has("asimddp") and env.has_ort("CPUExecutionProvider")
+    if env.litert is not None and precision in LITERT_PRECISIONS and not slow_int8:
         return Choice(target, "litert", "CPU", f"ARM CPU: LiteRT {env.litert} with the XNNPACK delegate. {ARM_ORDER}")
     if not env.has_ort("CPUExecutionProvider"):
         raise SfpnError(f"target 'arm' runs on LiteRT or ONNX Runtime, neither is installed ({env.summary()})")
+    if slow_int8:
+        return Choice(target, "onnxruntime", "CPU",
+                      "ARM CPU without dot-product instructions (no asimddp): ONNX Runtime's int8 kernels "
+                      f"(SMLAL) beat XNNPACK's there. {ARM_ORDER}")
     litert = "" if env.litert is not None else f"; LiteRT is not installed ({pip_hint('litert')})"
     if env.has_ort("XnnpackExecutionProvider"):
         return Choice(target, "onnxruntime", "XNNPACK",
