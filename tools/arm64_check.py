@@ -71,9 +71,11 @@ def apt_mirror(root: str = "/etc/apt") -> str:
     raise SystemExit(f"no Debian archive found in {paths or root}: configure an apt mirror first")
 
 
-# aarch64 wheels that lag the x86 ones for Python 3.11 (Pi OS bookworm's): ai-edge-litert 2.x ships
-# aarch64 wheels for cp312+ only, so a Pi gets 1.4.0, and so does the arm64 root.
-UNPINNED = {"ai-edge-litert"}
+# Not pinned to the host's versions: ai-edge-litert 2.x ships aarch64 wheels for cp312+ only, so a Pi
+# (Python 3.11, Pi OS bookworm) gets 1.4.0, and so does the arm64 root; setuptools builds mat-io
+# inside, which needs a newer one than a fresh host venv's 65.5 ("invalid pyproject.toml config:
+# project.license"), so the root takes the newest.
+UNPINNED = {"ai-edge-litert", "setuptools"}
 
 
 def pins(names: list, deps_of: list) -> list:
