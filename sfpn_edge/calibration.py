@@ -12,7 +12,7 @@ provenance, operating thresholds, ``files``) plus sidecar ``.npy`` arrays read w
 ``allow_pickle=False``. A standalone calibration directory holds the same entry as
 ``calibration.json``. A calibration is bound to the weights it was fitted for (``model_sha256``
 = the manifest's ``source_sha256``); using it with other weights raises ModelError.
-Fitting lives in ``sfpn_edge.evaluate.calibrate_fit``; this module is numpy only.
+Fitting lives in ``sfpn_edge.fitting``; this module is numpy only.
 """
 from __future__ import annotations
 
@@ -204,21 +204,32 @@ def load_calibration(path: PathLike, manifest: Optional[Dict[str, Any]] = None, 
     where = f"calibration in {path}"
     if not isinstance(entry, dict) or not isinstance(entry.get("files"), dict):
         raise ModelError(f"{where}: malformed entry (no 'files')")
+    check_entry_version(entry, where)
+    files = entry["files"]
+    mean = _read_npy(path, files.get("mean"), where)
+    projection = _read_npy(path, files["projection"], where) if files.get("projection") else None
+    cal = from_entry(entry, mean, projection, where)
+    if manifest is not None:
+        cal.check_model(manifest, where)
+    return cal
+
+
+def check_entry_version(entry: Dict[str, Any], where: str) -> None:
+    """ModelError unless ``entry``'s format version is one this sfpn-edge reads."""
     version = entry.get("format_version")
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise ModelError(f"{where}: format_version {version!r} is not one this sfpn-edge understands "
                          f"({FORMAT_VERSION}); upgrade sfpn-edge or recalibrate")
-    files = entry["files"]
-    mean = _read_npy(path, files.get("mean"), where)
-    projection = _read_npy(path, files["projection"], where) if files.get("projection") else None
+
+
+def from_entry(entry: Dict[str, Any], mean: np.ndarray, projection: Optional[np.ndarray], where: str) -> Calibration:
+    """The Calibration an ``entry()`` and its arrays describe; ModelError if they disagree (digest)."""
     skip = {"format_version", "method", "dim_in", "dim_out", "digest", "operating_points", "files", "baked"}
     cal = Calibration(str(entry.get("method")), mean, projection,
                       {k: v for k, v in entry.items() if k not in skip}, list(entry.get("operating_points") or []))
     if entry.get("digest") not in (None, cal.digest):
         raise ModelError(f"{where}: the arrays do not match the manifest entry (digest differs); "
                          "the files were changed or mixed up: recalibrate")
-    if manifest is not None:
-        cal.check_model(manifest, where)
     return cal
 
 
