@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import datetime
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -201,13 +201,15 @@ def _top_eig(sym: np.ndarray, d: int) -> np.ndarray:
 def operating_points(desc: np.ndarray, labels: Sequence, *, method: str = DEFAULT_METHOD,
                      dim: Optional[int] = None, pca_dim: Optional[int] = None,
                      shrinkage: Optional[float] = None, fars: Sequence[float] = FARS,
-                     groups: int = 5) -> Tuple[List[Dict[str, float]], Dict[str, int]]:
+                     groups: int = 5, fit_fold: Optional[Callable[[np.ndarray, np.ndarray], Calibration]] = None,
+                     ) -> Tuple[List[Dict[str, float]], Dict[str, int]]:
     """Thresholds at ``fars`` from labelled pairs, cross-fitted so they are not optimistic.
 
     Identities are split into ``groups``; each group's pairs (all genuine and impostor pairs
     among its images) are scored under a calibration fitted on the other groups, and the pooled
     scores give the thresholds. A FAR needs at least 1/FAR impostor pairs; smaller FARs are left
-    out. Returns the points (``far``, ``threshold``, ``tar``) and the pair counts.
+    out. Returns the points (``far``, ``threshold``, ``tar``) and the pair counts. ``fit_fold``
+    (descriptors, labels) -> Calibration replaces the fixed method for each group's fit.
     """
     x = l2n(np.asarray(desc, np.float64))
     y = _codes(labels, len(x))
@@ -219,7 +221,8 @@ def operating_points(desc: np.ndarray, labels: Sequence, *, method: str = DEFAUL
     genuine, impostor = [], []
     for g in range(groups):
         test = group_of[y] == g
-        cal = fit(x[~test], y[~test], method, dim, pca_dim=pca_dim, shrinkage=shrinkage)
+        cal = (fit(x[~test], y[~test], method, dim, pca_dim=pca_dim, shrinkage=shrinkage) if fit_fold is None
+               else fit_fold(x[~test], y[~test]))
         z, yt = cal.apply(x[test]), y[test]
         scores = z @ z.T
         iu = np.triu_indices(len(z), 1)

@@ -28,6 +28,7 @@ model and size recorded in it (the ``sfpn-edge gallery`` commands, which need no
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import sqlite3
 import tempfile
@@ -39,14 +40,15 @@ from typing import Dict, Iterable, List, Optional, Sequence, Union
 
 import numpy as np
 
-from sfpn_edge import bounded_read
-from sfpn_edge.errors import SfpnError
+from sfpn_edge import bounded_read, gallery_calibration, thresholds
+from sfpn_edge.calibration import Calibration, check_entry_version, from_entry
+from sfpn_edge.errors import ModelError, SfpnError
 from sfpn_edge.kernels.scoring import l2_normalize
 from sfpn_edge.score import STORAGES, Gallery
 
 APPLICATION_ID = 0x53465047  # "SFPG", stored in the SQLite header (offset 68)
 FORMAT = "sfpn-edge-gallery"
-FORMAT_VERSION = 3  # 2 added embeddings.checksum, 3 embeddings.photo_sha256
+FORMAT_VERSION = 4  # 2 added embeddings.checksum, 3 embeddings.photo_sha256, 4 the calibration table
 SQLITE_MAGIC = b"SQLite format 3\x00"
 BUSY_TIMEOUT_S = 30.0
 MAX_NAME_CHARS = 256
@@ -77,6 +79,21 @@ CREATE TABLE embeddings (
 CREATE INDEX embeddings_identity ON embeddings(identity);
 CREATE INDEX embeddings_photo ON embeddings(photo_sha256);
 """
+# Format 4: the gallery's own calibration (one row; no row: raw cosine) and, in meta, ``row_changes``
+# (embeddings added or removed since creation: the refit policy compares it with the fit's).
+_CALIBRATION_SCHEMA = """
+CREATE TABLE IF NOT EXISTS calibration (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    entry TEXT NOT NULL,
+    mean BLOB NOT NULL,
+    projection BLOB,
+    checksum INTEGER NOT NULL
+)
+"""
+# Automatic refits after enrolments and removals: always while the gallery has at most this many
+# photos, beyond that once the rows changed by REFIT_CHANGE of those the calibration was fitted on.
+REFIT_ALWAYS_PHOTOS = 2000
+REFIT_CHANGE = 0.1
 
 
 class GalleryError(SfpnError):
@@ -114,7 +131,7 @@ class FaceGallery:
 
     def __init__(self, path: Union[str, os.PathLike], *, model_sha256: str, dim: int,
                  readonly: bool = False, create: bool = True, template: str = DEFAULT_TEMPLATE,
-                 storage: str = "fp32"):
+                 storage: str = "fp32", calibration: bool = True):
         if template not in TEMPLATES:
             raise ValueError(f"template must be one of {TEMPLATES}, got {template!r}")
         if storage not in STORAGES:
@@ -127,6 +144,7 @@ class FaceGallery:
         self.readonly = readonly
         self.template = template
         self.storage = storage
+        self.use_calibration = bool(calibration)
         _check_header(self.path)
         if not self.path.exists():
             if readonly or not create:
@@ -148,7 +166,7 @@ class FaceGallery:
         except BaseException:
             self._db.close()
             raise
-        self._index = None  # (score.Gallery, name per row, most rows per name, names) built lazily
+        self._index: Optional[_Index] = None  # built lazily, rebuilt when the file changed
         self._version = None
 
     # -- opening ---------------------------------------------------------------------------
@@ -208,7 +226,8 @@ class FaceGallery:
 
     def _upgrade(self) -> None:
         """To the current format in one transaction: 1 -> 2 adds and fills the row checksums
-        (rows checked first), 2 -> 3 adds the (unknown, NULL) photo hashes."""
+        (rows checked first), 2 -> 3 adds the (unknown, NULL) photo hashes, 3 -> 4 the (empty)
+        calibration table: the next enrolment or ``recalibrate`` fits it."""
         with self._transaction() as db:
             columns = [row[1] for row in db.execute("PRAGMA table_info(embeddings)")]
             if "checksum" not in columns:
@@ -223,6 +242,9 @@ class FaceGallery:
             if "photo_sha256" not in columns:
                 db.execute("ALTER TABLE embeddings ADD COLUMN photo_sha256 TEXT")
             db.execute("CREATE INDEX IF NOT EXISTS embeddings_photo ON embeddings(photo_sha256)")
+            if self.format_version < 4:
+                db.execute(_CALIBRATION_SCHEMA)
+                db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('row_changes', '0')")
             db.execute("UPDATE meta SET value = ? WHERE key = 'format_version'", (str(FORMAT_VERSION),))
             db.execute(f"PRAGMA user_version = {FORMAT_VERSION}")
         self.format_version = FORMAT_VERSION
@@ -230,15 +252,17 @@ class FaceGallery:
     # -- writing ---------------------------------------------------------------------------
 
     def enroll(self, name: str, embeddings: np.ndarray, sources: Optional[Sequence[str]] = None,
-               *, replace: bool = False, photo_sha256: Optional[Sequence[Optional[str]]] = None) -> Identity:
+               *, replace: bool = False, photo_sha256: Optional[Sequence[Optional[str]]] = None,
+               calibrate: bool = True) -> Identity:
         """Add embeddings [n, D] (or [D]) under ``name`` in one transaction; return the identity.
 
         An existing name gets the new embeddings added, or replaced when ``replace``.
         ``photo_sha256``: the hex sha256 of each embedding's photo (``enrolled_photos`` finds them).
+        ``calibrate``: refit the gallery's calibration afterwards when due (``refit_due``).
         """
-        return self.enroll_many([(name, embeddings, sources, photo_sha256)], replace=replace)[0]
+        return self.enroll_many([(name, embeddings, sources, photo_sha256)], replace=replace, calibrate=calibrate)[0]
 
-    def enroll_many(self, items: Iterable[tuple], *, replace: bool = False) -> List[Identity]:
+    def enroll_many(self, items: Iterable[tuple], *, replace: bool = False, calibrate: bool = True) -> List[Identity]:
         """``enroll`` for many ``(name, embeddings[, sources[, photo_sha256]])`` at once, in one transaction."""
         checked = []
         for item in items:
@@ -252,13 +276,16 @@ class FaceGallery:
             checked.append((check_name(name), vectors, [None if s is None else _text(s) for s in sources], hashes))
         self._require_writable()
         with self._transaction() as db:
-            return [self._insert(db, *item, replace) for item in checked]
+            enrolled = [self._insert(db, *item, replace) for item in checked]
+        self._refit_if_due(calibrate)
+        return enrolled
 
     @staticmethod
     def _insert(db: sqlite3.Connection, name: str, vectors: np.ndarray, sources: list, hashes: list,
                 replace: bool) -> Identity:
         row = db.execute("SELECT id, enrolled FROM identities WHERE name = ?", (name,)).fetchone()
         if row is not None and replace:
+            _count_changes(db, _rows_of(db, name))
             db.execute("DELETE FROM identities WHERE id = ?", (row[0],))
             row = None
         if row is None:
@@ -271,23 +298,125 @@ class FaceGallery:
         db.executemany("INSERT INTO embeddings (identity, source, vector, checksum, photo_sha256) "
                        "VALUES (?, ?, ?, ?, ?)",
                        [(ident, s, b, row_checksum(name, b), h) for b, s, h in zip(blobs, sources, hashes)])
+        _count_changes(db, len(blobs))
         count = db.execute("SELECT COUNT(*) FROM embeddings WHERE identity = ?", (ident,)).fetchone()[0]
         return Identity(name, count, enrolled)
 
-    def remove(self, name: str) -> bool:
-        """Delete ``name`` and its embeddings; False when it was not enrolled."""
+    def remove(self, name: str, *, calibrate: bool = True) -> bool:
+        """Delete ``name`` and its embeddings; False when it was not enrolled (refit as ``enroll``)."""
         self._require_writable()
         with self._transaction() as db:
+            _count_changes(db, _rows_of(db, name))
             removed = db.execute("DELETE FROM identities WHERE name = ?", (name,)).rowcount
+        self._refit_if_due(calibrate and removed > 0)
         return removed > 0
 
-    def remove_many(self, names: Sequence[str]) -> None:
+    def remove_many(self, names: Sequence[str], *, calibrate: bool = True) -> None:
         """Delete every one of ``names`` in one transaction; GalleryError (nothing deleted) if one is not enrolled."""
         self._require_writable()
         with self._transaction() as db:
             for name in names:
+                _count_changes(db, _rows_of(db, name))
                 if db.execute("DELETE FROM identities WHERE name = ?", (name,)).rowcount == 0:
                     raise GalleryError(f"{self.path}: {name!r} is not enrolled; nothing was removed")
+        self._refit_if_due(calibrate)
+
+    # -- the gallery's own calibration -----------------------------------------------------
+
+    def recalibrate(self) -> Optional[Calibration]:
+        """Refit the gallery's own calibration on every stored embedding (``sfpn_edge.gallery_calibration``)
+        in one transaction: a process killed meanwhile leaves the previous one. None: too few photos
+        (the gallery then scores raw cosine). Stored embeddings are never changed."""
+        self._require_writable()
+        with self._transaction() as db:
+            rows = db.execute("SELECT i.name, e.vector, e.checksum FROM embeddings e JOIN identities i "
+                              "ON i.id = e.identity ORDER BY i.id, e.id").fetchall()
+            cal = None
+            if rows:
+                vectors = np.stack([self._vector(*row) for row in rows])
+                cal = gallery_calibration.fit_gallery(vectors, [row[0] for row in rows], model_sha256=self.model_sha256,
+                                                      info={"row_changes": _row_changes(db)})
+            db.execute("DELETE FROM calibration")
+            if cal is not None:
+                db.execute("INSERT INTO calibration (id, entry, mean, projection, checksum) VALUES (1, ?, ?, ?, ?)",
+                           _calibration_row(cal))
+        return cal
+
+    def refit_due(self) -> bool:
+        """Whether the rows changed enough since the last fit for an automatic refit: any change up
+        to ``REFIT_ALWAYS_PHOTOS`` photos, beyond that ``REFIT_CHANGE`` of the photos fitted on."""
+        if self.format_version < 4:
+            return False
+        photos = self._query("SELECT COUNT(*) FROM embeddings")[0][0]
+        changes = _row_changes(self._db)
+        cal = self.stored_calibration()
+        if cal is None:
+            return photos >= gallery_calibration.MIN_PHOTOS
+        fitted = cal.info.get("row_changes")
+        if fitted == changes:
+            return False
+        return (photos <= REFIT_ALWAYS_PHOTOS or not isinstance(fitted, int)
+                or abs(changes - fitted) >= REFIT_CHANGE * cal.info.get("gallery_photos", 0))
+
+    def _refit_if_due(self, calibrate: bool) -> None:
+        if calibrate and self.refit_due():
+            self.recalibrate()
+
+    def stored_calibration(self) -> Optional[Calibration]:
+        """The calibration stored in the file (None: not fitted), checked; whether or not it is used."""
+        if self.format_version < 4:
+            return None
+        rows = self._query("SELECT entry, mean, projection, checksum FROM calibration WHERE id = 1")
+        return _calibration_of(self, *rows[0]) if rows else None
+
+    @property
+    def calibration(self) -> Optional[Calibration]:
+        """The calibration searches use: the stored one, unless opened with ``calibration=False``."""
+        return self._current_index().calibration
+
+    def operating_point(self, far: float) -> Optional[thresholds.OperatingPoint]:
+        """The threshold at ``far`` cross-fitted on the gallery's own photo pairs, for its calibrated
+        scores; None when it has none there (the caller's table then applies to raw scores)."""
+        cal = self.calibration
+        if cal is None or not cal.operating_points:
+            return None
+        points = cal.operating_points
+        pairs = points[0]
+        on = (f"the gallery's own photo pairs ({pairs['genuine_pairs']:,} genuine, {pairs['impostor_pairs']:,} "
+              f"impostor, cross-fitted over {gallery_calibration.THRESHOLD_GROUPS} identity groups)")
+        table = thresholds.OperatingPoints(
+            {p["far"]: p["threshold"] for p in points},
+            f"the gallery's own calibration ({cal.method}, {cal.dim_out}-d), thresholds cross-fitted on its photo pairs",
+            {p["far"]: {gallery_calibration.PROTOCOL: p["tar"]} for p in points}, on)
+        try:
+            return table.at(far)
+        except SfpnError:  # outside the FARs its impostor pairs can measure
+            return None
+
+    def calibration_summary(self, calibrated: Optional[bool] = None) -> dict:
+        """What outputs say about the gallery's calibration: state (fitted, none, off), method, dims,
+        provenance, threshold source; with ``calibrated``, which scores the answer holds."""
+        cal = self.stored_calibration()
+        if cal is None:
+            photos = self._query("SELECT COUNT(*) FROM embeddings")[0][0]
+            reason = (f"{photos} photos, centring needs {gallery_calibration.MIN_PHOTOS}"
+                      if photos < gallery_calibration.MIN_PHOTOS
+                      else "not fitted yet: run `sfpn-edge gallery recalibrate DB`")
+            return {"state": "none", "reason": reason, "threshold_source": "built-in"}
+        info = cal.info
+        summary = {"state": "fitted" if self.use_calibration else "off", **cal.summary(),
+                   "model_sha256": info.get("model_sha256"),
+                   "gallery_photos": info.get("gallery_photos"), "gallery_identities": info.get("gallery_identities"),
+                   "identities_with_2_photos": info.get("identities_with_2_photos"),
+                   "current": info.get("row_changes") == _row_changes(self._db),
+                   "thresholds": info.get("thresholds"), "fit_seconds": info.get("fit_seconds")}
+        if not self.use_calibration:
+            summary["threshold_source"] = "built-in"
+        elif calibrated is not None:
+            summary["scores"] = ("calibrated" if calibrated else
+                                 "raw cosine (ranked by the calibration; the threshold is not the gallery's own)")
+            summary["threshold_source"] = "gallery" if calibrated else "built-in"
+        return summary
 
     def rename(self, old: str, new: str) -> Identity:
         """Give ``old``'s embeddings the name ``new`` (row checksums rewritten); GalleryError if
@@ -371,38 +500,48 @@ class FaceGallery:
                              else "SELECT COUNT(*), 0 FROM embeddings")[0]
         return {"db": str(self.path), "format_version": self.format_version, "model_sha256": self.model_sha256,
                 "descriptor_dim": self.dim, "created": meta.get("created"), "identities": len(self),
-                "embeddings": photos[0], "photo_hashes": photos[1], "bytes": self.path.stat().st_size}
+                "embeddings": photos[0], "photo_hashes": photos[1], "bytes": self.path.stat().st_size,
+                "calibration": self.calibration_summary()}
 
     def identify(self, probe: np.ndarray, k: int = 5) -> List[Match]:
         """The ``k`` closest identities to one probe embedding [D], best first."""
         return self.identify_batch(np.asarray(probe)[None], k)[0]
 
-    def identify_batch(self, probes: np.ndarray, k: int = 5) -> List[List[Match]]:
-        """``identify`` for probes [P, D]: one best-first list of at most ``k`` matches each."""
+    def identify_batch(self, probes: np.ndarray, k: int = 5, *, calibrated: Optional[bool] = None) -> List[List[Match]]:
+        """``identify`` for probes [P, D]: one best-first list of at most ``k`` matches each.
+
+        With the gallery's calibration, probes and templates are calibrated and ranked by their
+        calibrated cosine; ``calibrated`` says which scores the matches carry: calibrated ones (for
+        the gallery's own thresholds) or the raw cosine of the same candidates (for a threshold on
+        raw scores; the order stays the calibrated one). None: calibrated when the calibration
+        has thresholds of its own.
+        """
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
             raise ValueError(f"k must be a positive integer, got {k!r}")
         probes = self._check_embeddings(probes)
-        index, names, per_identity, n_ids = self._current_index()
-        if index is None:
+        ix = self._current_index()
+        if ix.search is None:
             return [[] for _ in probes]
-        k = min(int(k), n_ids)
+        cal = ix.calibration
+        k = min(int(k), ix.identities)
         # The k best identities' best rows are among the top (k-1)*m+1 rows (m = most rows
         # per identity), so this many rows always suffice; with templates m == 1.
-        rows = min(len(names), (k - 1) * per_identity + 1)
-        idx, scores = index.topk(probes, rows)
+        rows = min(len(ix.names), (k - 1) * ix.per_identity + 1)
+        idx, scores = ix.search.topk(probes if cal is None else cal.apply(probes), rows)
+        raw = cal is not None and not (bool(cal.operating_points) if calibrated is None else calibrated)
         out = []
-        for row_idx, row_scores in zip(idx, scores):
+        for probe, row_idx, row_scores in zip(probes, idx, scores):
             seen, matches = set(), []
             for i, s in zip(row_idx.tolist(), row_scores.tolist()):
-                if names[i] not in seen:
-                    seen.add(names[i])
-                    matches.append(Match(names[i], float(s)))
+                if ix.names[i] not in seen:
+                    seen.add(ix.names[i])
+                    matches.append(Match(ix.names[i], float(ix.raw_score(probe, ix.names[i])) if raw else float(s)))
                 if len(matches) == k:
                     break
             out.append(matches)
         return out
 
-    def _current_index(self):
+    def _current_index(self) -> "_Index":
         version = self._query_version()
         if self._index is None or version != self._version:
             self._index = self._build_index()
@@ -412,25 +551,31 @@ class FaceGallery:
     def _query_version(self) -> int:
         return self._query("PRAGMA data_version")[0][0]
 
-    def _build_index(self):
+    def _build_index(self) -> "_Index":
         rows = self._query(f"SELECT i.name, e.vector, {self._checksums} FROM embeddings e JOIN identities i "
                            "ON i.id = e.identity ORDER BY i.id, e.id")
+        cal = self.stored_calibration() if self.use_calibration else None
         if not rows:
-            return None, [], 0, 0
-        names = [row[0] for row in rows]
-        vectors = np.stack([self._vector(*row) for row in rows])
-        if self.template == "mean":
-            unique, start = np.unique(np.array(names, dtype=object), return_index=True)
-            order = np.sort(start)  # rows are grouped by identity, in enrolment order
-            sums = np.add.reduceat(vectors, order, axis=0)
-            vectors = _normalise(sums)
-            names = [names[i] for i in order]
-            per_identity = 1
-        else:
-            per_identity = max(np.unique(np.array(names, dtype=object), return_counts=True)[1])
-        n_ids = len(set(names))
-        return (Gallery(np.ascontiguousarray(vectors, np.float32), storage=self.storage), names,
-                int(per_identity), n_ids)
+            return _Index(None, [], 0, 0, cal, np.zeros((0, self.dim), np.float32), {})
+        row_names = [row[0] for row in rows]
+        raw = np.stack([self._vector(*row) for row in rows])
+        # Calibrated templates: the normalised mean of the calibrated rows (CFP 1:N, LDA: +0.1 to
+        # +0.5 top-1 over calibrating the raw mean).
+        vectors, names, per_identity = self._templates(row_names, raw if cal is None else cal.apply(raw))
+        raw_rows = raw if self.template == "all" else self._templates(row_names, raw)[0]
+        rows_of: Dict[str, List[int]] = {}
+        for i, name in enumerate(row_names if self.template == "all" else names):
+            rows_of.setdefault(name, []).append(i)
+        return _Index(Gallery(np.ascontiguousarray(vectors, np.float32), storage=self.storage), names,
+                      per_identity, len(rows_of), cal, raw_rows, rows_of)
+
+    def _templates(self, names: List[str], vectors: np.ndarray):
+        """(rows to search, their names, most rows per name) for this gallery's template."""
+        if self.template == "all":
+            return vectors, names, int(max(np.unique(np.array(names, dtype=object), return_counts=True)[1]))
+        _, start = np.unique(np.array(names, dtype=object), return_index=True)
+        order = np.sort(start)  # rows are grouped by identity, in enrolment order
+        return _normalise(np.add.reduceat(vectors, order, axis=0)), [names[i] for i in order], 1
 
     def _query(self, sql: str, params: tuple = ()) -> list:
         try:
@@ -519,7 +664,8 @@ def check_gallery(path: Union[str, os.PathLike]) -> dict:
 
     Checks: regular SQLite file with our application id; ``PRAGMA quick_check``; meta (format,
     version, model, descriptor size); ``PRAGMA foreign_key_check``; every embedding row (size,
-    checksum, finite, unit norm). Read-only: a format 1 file is checked, not upgraded.
+    checksum, finite, unit norm); the calibration row (checksum, arrays, digest, model). Read-only:
+    an old file is checked, not upgraded.
     """
     path = Path(path)
     with open_gallery(path) as gallery:
@@ -527,10 +673,81 @@ def check_gallery(path: Union[str, os.PathLike]) -> dict:
         if gallery._query("PRAGMA foreign_key_check"):
             raise GalleryError(f"{path}: damaged gallery: PRAGMA foreign_key_check found embeddings "
                                "without an identity")
-        rows = len(gallery._build_index()[1])
+        rows = len(gallery._build_index().names)
+        gallery.stored_calibration()
         return {"db": str(path), "format_version": gallery.format_version, "model_sha256": gallery.model_sha256,
                 "descriptor_dim": gallery.dim, "identities": len(gallery), "embeddings": rows,
-                "checks": ["header", "quick_check", "meta", "foreign_key_check", "rows"]}
+                "checks": ["header", "quick_check", "meta", "foreign_key_check", "rows", "calibration"]}
+
+
+@dataclass(frozen=True)
+class _Index:
+    """The in-memory search state: index (None: empty gallery) over templates or rows, their names,
+    most rows per name, identities, the calibration in use, and raw rows for raw re-scoring."""
+
+    search: Optional[Gallery]
+    names: List[str]
+    per_identity: int
+    identities: int
+    calibration: Optional[Calibration]
+    raw_rows: np.ndarray
+    rows_of: Dict[str, List[int]]
+
+    def raw_score(self, probe: np.ndarray, name: str) -> float:
+        """Raw cosine of a unit ``probe`` with ``name``'s template (its best row with template "all")."""
+        return float((self.raw_rows[self.rows_of[name]] @ probe).max())
+
+
+def _rows_of(db: sqlite3.Connection, name: str) -> int:
+    return db.execute("SELECT COUNT(*) FROM embeddings e JOIN identities i ON i.id = e.identity "
+                      "WHERE i.name = ?", (name,)).fetchone()[0]
+
+
+def _count_changes(db: sqlite3.Connection, rows: int) -> None:
+    """Add ``rows`` (embeddings added or removed) to meta's ``row_changes``, in the caller's transaction."""
+    db.execute("UPDATE meta SET value = CAST(value AS INTEGER) + ? WHERE key = 'row_changes'", (rows,))
+
+
+def _row_changes(db: sqlite3.Connection) -> Optional[int]:
+    row = db.execute("SELECT value FROM meta WHERE key = 'row_changes'").fetchone()
+    return int(row[0]) if row is not None and str(row[0]).isdigit() else None
+
+
+def _calibration_row(cal: Calibration) -> tuple:
+    """(entry JSON, mean, projection, checksum) for the calibration table: float32 little-endian BLOBs."""
+    entry = json.dumps({k: v for k, v in cal.entry().items() if k != "files"}, sort_keys=True).encode()
+    mean = cal.mean.astype("<f4").tobytes()
+    projection = None if cal.projection is None else np.ascontiguousarray(cal.projection, "<f4").tobytes()
+    return entry.decode(), mean, projection, _calibration_checksum(entry, mean, projection)
+
+
+def _calibration_checksum(entry: bytes, mean: bytes, projection: Optional[bytes]) -> int:
+    return zlib.crc32(projection or b"", zlib.crc32(mean, zlib.crc32(entry + b"\0")))
+
+
+def _calibration_of(gallery: "FaceGallery", entry: str, mean: bytes, projection: Optional[bytes],
+                    checksum: int) -> Calibration:
+    """The stored calibration row, checked (checksum, sizes, digest, model), else GalleryError."""
+    damaged = f"{gallery.path}: damaged gallery: its calibration"
+    if not isinstance(entry, str) or not isinstance(mean, bytes) or not isinstance(projection, (bytes, type(None))):
+        raise GalleryError(f"{damaged} row has the wrong types")
+    if checksum != _calibration_checksum(entry.encode(), mean, projection):
+        raise GalleryError(f"{damaged} fails its checksum; run `sfpn-edge gallery recalibrate`")
+    try:
+        record = json.loads(entry)
+        check_entry_version(record, damaged)
+        dim_in, dim_out = int(record["dim_in"]), int(record["dim_out"])
+        if dim_in != gallery.dim or len(mean) != 4 * dim_in or (
+                projection is not None and len(projection) != 4 * dim_in * dim_out):
+            raise GalleryError(f"{damaged} does not fit {gallery.dim}-d embeddings")
+        cal = from_entry(record, np.frombuffer(mean, "<f4").astype(np.float32),
+                         None if projection is None else np.frombuffer(projection, "<f4").astype(np.float32)
+                         .reshape(dim_in, dim_out), damaged)
+    except (ValueError, KeyError, TypeError, ModelError) as exc:
+        raise GalleryError(f"{damaged} cannot be read ({exc})") from None
+    if cal.model_sha256 != gallery.model_sha256:
+        raise GalleryError(f"{damaged} was fitted for another model; run `sfpn-edge gallery recalibrate`")
+    return cal
 
 
 def _normalise(x: np.ndarray) -> np.ndarray:
@@ -614,13 +831,13 @@ def _create(path: Path, model_sha256: str, dim: int) -> None:
             db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
             db.execute("PRAGMA user_version = %d" % FORMAT_VERSION)
             db.execute("BEGIN")
-            for statement in _SCHEMA.split(";"):
+            for statement in (_SCHEMA + ";" + _CALIBRATION_SCHEMA).split(";"):
                 if statement.strip():
                     db.execute(statement)
             db.executemany("INSERT INTO meta (key, value) VALUES (?, ?)", [
                 ("format", FORMAT), ("format_version", str(FORMAT_VERSION)),
                 ("model_sha256", model_sha256), ("descriptor_dim", str(dim)),
-                ("created", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())),
+                ("created", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())), ("row_changes", "0"),
             ])
             db.execute("COMMIT")
             db.execute("PRAGMA journal_mode = WAL")

@@ -72,7 +72,7 @@ def test_enroll_list_remove_and_reopen(tmp_path):
 def test_identify_matches_brute_force(tmp_path, template, storage):
     rng = np.random.default_rng(1)
     centres = unit(rng, 30)
-    with open_gallery(tmp_path / "g.db", template=template, storage=storage) as g:
+    with open_gallery(tmp_path / "g.db", template=template, storage=storage, calibration=False) as g:
         members = {}
         for i, c in enumerate(centres):
             members[f"id{i:02d}"] = c + 0.3 * unit(rng, 1 + i % 4)
@@ -532,7 +532,7 @@ def test_cli_gallery_check(tmp_path, capsys):
     assert cli_main(["gallery", "check", str(db), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert (report["identities"], report["embeddings"], report["format_version"]) == (1, 2, FORMAT_VERSION)
-    assert report["checks"] == ["header", "quick_check", "meta", "foreign_key_check", "rows"]
+    assert report["checks"] == ["header", "quick_check", "meta", "foreign_key_check", "rows", "calibration"]
     raw = sqlite3.connect(db)
     raw.execute("PRAGMA foreign_keys = OFF")
     raw.execute("DELETE FROM identities")  # leaves embeddings without an identity

@@ -1,0 +1,109 @@
+"""CFP 1:N through the detector pipeline and a real gallery file: raw vs the gallery's own calibration.
+
+    python benchmarks/measure_gallery_calibration.py --cfp ../shared/data/cfp [--model DIR] \
+        [--detector blazeface] [--cache /tmp/cfp_gallery_blazeface.npz] [--identities 500] [--json OUT]
+
+Each identity is enrolled (``FaceGallery.enroll``) with its 10 frontal photos, embedded by
+``FaceVerifier.embed_images`` (detector, crop, ORT fp32); photos where no face is found are left
+out, as ``enroll`` leaves them out. The gallery refits its calibration from those enrolment photos
+only; the 4 profiles per identity are the probes (a probe without a face counts as a miss). Top-1
+and top-5 with ``calibration=False`` and with the gallery's own calibration. Descriptors are cached
+in ``--cache`` (outside the repository: CFP is research-only).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def embed_cfp(verifier, root: Path, cache, identities: int):
+    """(people, frontal [I, 10, D] with NaN rows for no face, profile [I, 4, D] likewise)."""
+    from sfpn_edge.errors import ImageError
+
+    people = sorted(p.name for p in (root / "Data" / "Images").iterdir() if p.is_dir())[:identities]
+    if cache and cache.is_file():
+        data = np.load(cache, allow_pickle=False)
+        if list(data["people"]) == people:
+            return people, data["frontal"], data["profile"]
+    dim = verifier.descriptor_dim
+    out = {"frontal": np.full((len(people), 10, dim), np.nan, np.float32),
+           "profile": np.full((len(people), 4, dim), np.nan, np.float32)}
+    start = time.perf_counter()
+    for i, person in enumerate(people):
+        for pose, count in (("frontal", 10), ("profile", 4)):
+            for n in range(count):
+                try:
+                    out[pose][i, n] = verifier.embed_image(root / "Data" / "Images" / person / pose / f"{n + 1:02d}.jpg")[0]
+                except ImageError:
+                    pass
+        if i % 50 == 49:
+            print(f"  embedded {i + 1}/{len(people)} identities ({time.perf_counter() - start:.0f} s)", file=sys.stderr)
+    if cache:
+        np.savez(cache, people=np.array(people), **out)
+    return people, out["frontal"], out["profile"]
+
+
+def identification(gallery, probes: np.ndarray, truth: np.ndarray) -> dict:
+    """Top-1 / top-5 (%) of ``probes`` (NaN rows: no face, a miss) against ``gallery``."""
+    ok = np.isfinite(probes).all(axis=1)
+    found = gallery.identify_batch(probes[ok], 5)
+    names = np.array([[m.name for m in row] + [""] * (5 - len(row)) for row in found])
+    hit1 = np.zeros(len(probes), bool)
+    hit5 = np.zeros(len(probes), bool)
+    hit1[ok] = names[:, 0] == truth[ok]
+    hit5[ok] = (names == truth[ok][:, None]).any(axis=1)
+    return {"top1": round(100 * hit1.mean(), 2), "top5": round(100 * hit5.mean(), 2)}
+
+
+def main(argv=None) -> int:
+    from sfpn_edge.gallery import FaceGallery
+    from sfpn_edge.pipeline import FaceVerifier
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--cfp", type=Path, required=True)
+    parser.add_argument("--model", type=Path, default=None)
+    parser.add_argument("--detector", default="blazeface")
+    parser.add_argument("--cache", type=Path, default=None, help="npz of descriptors (outside the repo)")
+    parser.add_argument("--identities", type=int, default=500)
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args(argv)
+
+    verifier = FaceVerifier(args.model, detector=args.detector, threshold=0.5, calibration=False)
+    people, frontal, profile = embed_cfp(verifier, args.cfp, args.cache, args.identities)
+    probes = profile.reshape(-1, profile.shape[-1])
+    truth = np.repeat(np.array(people), profile.shape[1])
+    report = {"identities": len(people), "detector": verifier.detector_name,
+              "enrolment_photos_without_face": int((~np.isfinite(frontal).all(-1)).sum()),
+              "probes_without_face": int((~np.isfinite(probes).all(-1)).sum()), "probes": len(probes)}
+    with tempfile.TemporaryDirectory() as tmp:
+        db = Path(tmp) / "cfp.db"
+        with FaceGallery(db, model_sha256=verifier.model_sha256, dim=verifier.descriptor_dim) as gallery:
+            start = time.perf_counter()
+            gallery.enroll_many([(person, rows[np.isfinite(rows).all(axis=1)])
+                                 for person, rows in zip(people, frontal)], calibrate=False)
+            enrolled = time.perf_counter() - start
+            start = time.perf_counter()
+            gallery.recalibrate()
+            report["refit_s"] = round(time.perf_counter() - start, 2)
+            report["enrol_s"] = round(enrolled, 2)
+            report["calibration"] = gallery.calibration_summary()
+        for name, use in (("raw", False), ("calibrated", True)):
+            with FaceGallery(db, model_sha256=verifier.model_sha256, dim=verifier.descriptor_dim,
+                             readonly=True, calibration=use) as gallery:
+                report[name] = identification(gallery, probes, truth)
+    report["gain_top1"] = round(report["calibrated"]["top1"] - report["raw"]["top1"], 2)
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.json:
+        args.json.write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
