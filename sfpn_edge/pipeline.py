@@ -36,6 +36,8 @@ nets (``Runtime.for_graphs``) and the crop kernel; pass ``runtime=`` or the loos
 Calibration: when the model directory holds one (``sfpn-edge calibrate``; ``calibration=`` picks
 another or turns it off), descriptors are calibrated after flip averaging and normalisation, the
 operating points come from the calibration only, and galleries bind to weights + calibration.
+A gallery's own calibration (``sfpn_edge.gallery``) works on top of what the gallery stores;
+``identify`` uses its cross-fitted threshold when it has one (``gallery_operating_point``).
 """
 from __future__ import annotations
 
@@ -360,15 +362,22 @@ class FaceVerifier:
                  timings: Optional[Dict[str, float]] = None) -> List[Identification]:
         """Each face used in ``image`` (face policy) against ``gallery``: its ``k`` best candidates
         and the decision at this verifier's threshold. SfpnError for an empty gallery."""
-        op = self.operating_point
+        op, calibrated = self.gallery_operating_point(gallery)
         if len(gallery) == 0:
             raise SfpnError(f"{gallery.path}: the gallery is empty; enrol someone first")
         timings = timings if timings is not None else {}
         ((desc, faces),) = self.embed_photos([image], timings=timings)
         with _timer(timings, "search"):
-            matches = gallery.identify_batch(desc, k)
+            matches = gallery.identify_batch(desc, k, calibrated=calibrated)
         return [Identification(face, cands, op.threshold, op.genuine_accept, op.genuine_accept_on)
                 for face, cands in zip(faces, matches)]
+
+    def gallery_operating_point(self, gallery: FaceGallery) -> Tuple[OperatingPoint, bool]:
+        """(threshold for scores against ``gallery``, whether they are its calibrated scores): the
+        gallery's own cross-fitted point at this verifier's FAR when it has one, else this
+        verifier's (a given threshold, the manifest's or the built-in table) on raw scores."""
+        own = None if self._threshold is not None else gallery.operating_point(self._far)
+        return (own, True) if own is not None else (self.operating_point, False)
 
     def _one_face_each(self, what: str) -> None:
         if self.face_policy == "all":

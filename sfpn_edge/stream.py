@@ -149,7 +149,8 @@ class FaceStream:
         if len(gallery) == 0:
             raise SfpnError(f"{gallery.path}: the gallery is empty; enrol someone first")
         self.verifier, self.gallery = verifier, gallery
-        self.threshold = verifier.operating_point.threshold
+        op, self._calibrated = verifier.gallery_operating_point(gallery)
+        self.threshold = op.threshold
         self.detect_every, self.min_crops, self.best_crops = detect_every, min_crops, best_crops
         self.reid_after, self.reid_margin, self.max_faces = reid_after, reid_margin, max_faces
         self.source = source if isinstance(source, FrameSource) else open_source(source, **source_options)
@@ -242,7 +243,7 @@ class FaceStream:
         if len(state.best) < self.min_crops or not state.fresh or not self._wants_crops(state, frame.time):
             return []
         template = l2_normalize(np.ascontiguousarray(np.mean([d for _, d in state.best], axis=0)[None], np.float32))
-        best = self.gallery.identify_batch(template, 1)[0][0]
+        best = self.gallery.identify_batch(template, 1, calibrated=self._calibrated)[0][0]
         name = best.name if best.score >= self.threshold else None
         state.at, state.fresh = frame.time, False
         first = not state.decided

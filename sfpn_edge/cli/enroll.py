@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 from sfpn_edge.cli.common import add_model_options, add_pipeline_options, make_verifier
+from sfpn_edge.cli.gallery import describe_gallery_calibration
 from sfpn_edge.cli.output import emit
 from sfpn_edge.cli.verify import describe_face
 
@@ -21,7 +22,8 @@ def register(subparsers) -> None:
                     "--replace). A photo already in the gallery (same file content, sha256) or given twice "
                     "is skipped with a message. --from-dir DIR enrols one person per subfolder (the folder "
                     "name is the name), one transaction per person; photos that cannot be used are skipped "
-                    "and listed in a summary, with progress on stderr.",
+                    "and listed in a summary, with progress on stderr. Afterwards the gallery refits its own "
+                    "calibration when due (see `sfpn-edge gallery recalibrate`).",
     )
     parser.add_argument("images", type=Path, nargs="*", metavar="IMG", help="photos of the person")
     parser.add_argument("--db", type=Path, required=True, help="gallery file")
@@ -72,6 +74,7 @@ def run_photos(args: argparse.Namespace) -> int:
         else:
             stored = len(gallery.embeddings(args.name)) if gallery is not None and args.name in gallery else 0
         total = len(gallery) if gallery is not None else 0
+        own = gallery.calibration_summary() if gallery is not None else None
     finally:
         if gallery is not None:
             gallery.close()
@@ -84,6 +87,7 @@ def run_photos(args: argparse.Namespace) -> int:
         "faces": [{"image": str(p.path), **f.to_dict()} for p, f in zip(kept, faces)],
         "skipped": [item.to_dict() for item in skipped],
         "calibration": verifier.calibration_info,
+        "gallery_calibration": own,
     }
     emit(result, args.json, _human)
     return 0
@@ -95,4 +99,6 @@ def _human(r: dict) -> str:
     head = f"enrolled {r['name']!r}" if r["added"] else f"nothing new for {r['name']!r}: every photo is already enrolled"
     lines.append(f"{head}: {r['added']} photo(s) added{skipped}, {r['images']} stored; "
                  f"{r['identities']} identities in {r['db']}")
+    if r["gallery_calibration"] is not None:
+        lines.append(describe_gallery_calibration(r["gallery_calibration"]))
     return "\n".join(lines)

@@ -9,6 +9,7 @@ import numpy as np
 
 from sfpn_edge.cli import photos
 from sfpn_edge.cli.common import make_verifier
+from sfpn_edge.cli.gallery import describe_gallery_calibration
 from sfpn_edge.cli.output import emit
 from sfpn_edge.errors import SfpnError
 from sfpn_edge.progress import Progress
@@ -28,8 +29,14 @@ def run_dir(args: argparse.Namespace) -> int:
                 gallery = photos.create(args.db, verifier, gallery)
                 desc = np.concatenate([d for _, d in usable])
                 identity = gallery.enroll(name, desc, [str(p.path.resolve()) for p, _ in usable],
-                                          replace=args.replace, photo_sha256=[p.sha256 for p, _ in usable])
+                                          replace=args.replace, photo_sha256=[p.sha256 for p, _ in usable],
+                                          calibrate=False)  # once, below
                 enrolled.append({"name": name, "added": len(usable), "images": identity.images})
+        own = None
+        if gallery is not None:
+            if gallery.refit_due():
+                gallery.recalibrate()
+            own = gallery.calibration_summary()
         total = len(gallery) if gallery is not None else 0
     finally:
         progress.close()
@@ -40,7 +47,7 @@ def run_dir(args: argparse.Namespace) -> int:
                         f"{skipped[0].image}: {skipped[0].reason}); {args.db} was not changed")
     result = {"db": str(args.db), "from_dir": str(args.from_dir), "people": enrolled,
               "added": sum(p["added"] for p in enrolled), "skipped": [s.to_dict() for s in skipped],
-              "identities": total, "calibration": verifier.calibration_info}
+              "identities": total, "calibration": verifier.calibration_info, "gallery_calibration": own}
     emit(result, args.json, _human)
     return 0
 
@@ -80,6 +87,8 @@ def _human(r: dict) -> str:
     lines = [f"enrolled {p['name']!r}: {p['added']} photo(s) added, {p['images']} stored" for p in r["people"]]
     lines.append(f"{len(r['people'])} people, {r['added']} photo(s) from {r['from_dir']}; "
                  f"{r['identities']} identities in {r['db']}")
+    if r["gallery_calibration"] is not None:
+        lines.append(describe_gallery_calibration(r["gallery_calibration"]))
     if r["skipped"]:
         lines.append(f"skipped {len(r['skipped'])}:")
         lines += [f"  {s['image']}: {s['reason']}" for s in r["skipped"]]

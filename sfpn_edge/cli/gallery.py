@@ -1,4 +1,4 @@
-"""``sfpn-edge gallery list|info|remove|rename|check DB``: manage a gallery file (no model needed)."""
+"""``sfpn-edge gallery list|info|remove|rename|check|recalibrate DB``: manage a gallery file (no model needed)."""
 from __future__ import annotations
 
 import argparse
@@ -20,7 +20,9 @@ def register(subparsers) -> None:
     _add(actions, "list", "the enrolled people", "Every identity: name, stored photos, enrolment time (UTC).",
          run_list)
     _add(actions, "info", "what the file holds", "Format version, model sha256, descriptor size, creation "
-         "time, identities, embeddings (how many with a photo hash), file size.", run_info)
+         "time, identities, embeddings (how many with a photo hash), file size, and the gallery's own "
+         "calibration (method, dimensions, photos and identities fitted on, when, model, threshold source).",
+         run_info)
     remove = _add(actions, "remove", "delete people", "Delete each NAME and its embeddings (all in one "
                   "transaction; exit 2 and nothing deleted when a NAME is not enrolled).", run_remove)
     remove.add_argument("names", nargs="+", metavar="NAME", help="identity to delete")
@@ -31,7 +33,14 @@ def register(subparsers) -> None:
     _add(actions, "check", "verify a gallery file",
          "Read-only integrity check of a gallery: SQLite header and application id, PRAGMA quick_check, "
          "meta table, PRAGMA foreign_key_check, and every embedding row (size, row checksum, finite "
-         "values, unit norm). Exit code 0 when intact, 2 naming the first failed check.", run_check)
+         "values, unit norm), and the calibration row. Exit code 0 when intact, 2 naming the first failed "
+         "check.", run_check)
+    _add(actions, "recalibrate", "refit the gallery's own calibration",
+         "Fit the gallery's calibration on its stored enrolment photos (never on probes): centring from "
+         "50 photos, LDA with shrinkage once enough identities have 2 or more photos, thresholds cross-"
+         "fitted on its own photo pairs when there are enough. One transaction (the previous calibration "
+         "stays until it commits); stored embeddings are not changed. Enrolments and removals refit "
+         "automatically when due; this forces it.", run_recalibrate)
 
 
 def _add(actions, name: str, summary: str, description: str, func) -> argparse.ArgumentParser:
@@ -81,6 +90,19 @@ def run_rename(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_recalibrate(args: argparse.Namespace) -> int:
+    from sfpn_edge.gallery import open_gallery
+
+    with open_gallery(args.db, readonly=False) as gallery:
+        start = time.perf_counter()
+        gallery.recalibrate()
+        seconds = time.perf_counter() - start
+        summary = gallery.calibration_summary()
+    emit({"db": str(args.db), "seconds": round(seconds, 3), "calibration": summary}, args.json,
+         lambda r: f"{r['db']}: recalibrated in {r['seconds']:.1f} s\n{describe_gallery_calibration(r['calibration'])}")
+    return 0
+
+
 def run_check(args: argparse.Namespace) -> int:
     from sfpn_edge.gallery import check_gallery
 
@@ -106,7 +128,26 @@ def _human_info(r: dict) -> str:
         f"  model sha256 {r['model_sha256']}, {r['descriptor_dim']}-d embeddings",
         f"  {r['identities']} identities, {r['embeddings']} embeddings ({r['photo_hashes']} with a photo hash), "
         f"{r['bytes']:,} bytes",
+        describe_gallery_calibration(r["calibration"]),
     ])
+
+
+def describe_gallery_calibration(c: dict) -> str:
+    """Two lines on a gallery's own calibration (``FaceGallery.calibration_summary``)."""
+    if c["state"] == "none":
+        return f"  gallery calibration: none ({c['reason']}); raw cosine, built-in thresholds"
+    head = (f"  gallery calibration: {c['method']} {c['dim_in']}->{c['dim_out']}-d"
+            f"{' (turned off: --no-calibration)' if c['state'] == 'off' else ''}, fitted {c['created']} on "
+            f"{c['images']} photos of {c['identities']} identities"
+            f"{'' if c['current'] else ' (photos were added or removed since; refits when due)'}")
+    t = c["thresholds"]
+    own = (f"cross-fitted on {t['genuine_pairs']:,} genuine / {t['impostor_pairs']:,} impostor photo pairs"
+           if t["source"] == "own" else f"built-in ({t['reason']})")
+    used = ""
+    if "scores" in c:
+        used = ("; this answer: calibrated scores, the gallery's own threshold" if c["scores"] == "calibrated"
+                else "; this answer: raw scores (ranked by the calibration), the verifier's threshold")
+    return f"{head}\n  gallery thresholds: {own}{used}"
 
 
 def _human_check(r: dict) -> str:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from sfpn_edge.cli.common import (EVERY_FACE, add_model_options, add_pipeline_options, add_threshold_options,
                                   describe_genuine_accept, make_verifier)
+from sfpn_edge.cli.gallery import describe_gallery_calibration
 from sfpn_edge.cli.output import emit
 from sfpn_edge.cli.verify import describe_face, format_timings
 
@@ -25,8 +26,11 @@ def register(subparsers) -> None:
                     "(FAR 1e-3 on CFP-FP by default; --threshold / --far / --security). With --face-policy "
                     "all every face in the photo is identified, largest first (JSON: a 'results' list, "
                     "each with its box, quality, match and candidates). With several photos --json prints "
-                    "a list, one result per photo. The gallery is only read. Exit status: 0 when every "
-                    "photo matched someone, 1 when any matched nobody, 2 on an error.",
+                    "a list, one result per photo. The gallery's own calibration (fitted on its enrolment "
+                    "photos, see `sfpn-edge gallery info`) ranks the candidates and, when it has cross-fitted "
+                    "thresholds at the FAR, decides the match; --no-calibration searches raw cosine. The "
+                    "gallery is only read. Exit status: 0 when every photo matched someone, 1 when any "
+                    "matched nobody, 2 on an error.",
     )
     parser.add_argument("images", type=Path, nargs="+", metavar="IMG", help="photo(s) of the person(s) to identify")
     parser.add_argument("--db", type=Path, required=True, help="gallery file (made by `sfpn-edge enroll`)")
@@ -36,6 +40,8 @@ def register(subparsers) -> None:
                              f"(best one counts) (default: {DEFAULT_TEMPLATE})")
     parser.add_argument("--storage", choices=("fp32", "fp16", "int8"), default="fp32",
                         help="in-memory gallery precision for the search (default: fp32)")
+    parser.add_argument("--no-calibration", action="store_true",
+                        help="ignore the gallery's own calibration: raw cosine scores and the verifier's thresholds")
     add_threshold_options(parser)
     add_pipeline_options(parser, EVERY_FACE)
     add_model_options(parser)
@@ -50,15 +56,16 @@ def run(args: argparse.Namespace) -> int:
     if args.top < 1:
         raise SfpnError(f"--top must be at least 1, got {args.top}")
     verifier = make_verifier(args)
-    op = verifier.operating_point  # fail before any work when no threshold is known
-    with FaceGallery(args.db, model_sha256=verifier.model_sha256, dim=verifier.descriptor_dim,
-                     readonly=True, template=args.template, storage=args.storage) as gallery:
+    with FaceGallery(args.db, model_sha256=verifier.model_sha256, dim=verifier.descriptor_dim, readonly=True,
+                     template=args.template, storage=args.storage, calibration=not args.no_calibration) as gallery:
+        op, calibrated = verifier.gallery_operating_point(gallery)  # fails before any work when no threshold is known
         found = []
         for image in args.images:  # all photos first: an error prints no partial output
             timings: dict = {}
             found.append((image, verifier.identify(image, gallery, args.top, timings), timings))
         size = len(gallery)
-    records = [_record(args, image, results, timings, op, size, verifier) for image, results, timings in found]
+        own = gallery.calibration_summary(calibrated)
+    records = [_record(args, image, results, timings, op, size, verifier, own) for image, results, timings in found]
     if args.json:
         emit(records if len(records) > 1 else records[0], True, _human)
     else:
@@ -67,7 +74,8 @@ def run(args: argparse.Namespace) -> int:
     return 0 if all(matched) else 1
 
 
-def _record(args: argparse.Namespace, image: Path, results: list, timings: dict, op, size: int, verifier) -> dict:
+def _record(args: argparse.Namespace, image: Path, results: list, timings: dict, op, size: int, verifier,
+            own: dict) -> dict:
     """The result for one photo (``--face-policy all``: every face under 'results')."""
     record = {"image": str(image), "db": str(args.db), "face_policy": args.face_policy}
     if args.face_policy == "all":
@@ -80,6 +88,7 @@ def _record(args: argparse.Namespace, image: Path, results: list, timings: dict,
         "identities": size,
         "timings_ms": {k: round(v, 3) for k, v in timings.items()},
         "calibration": verifier.calibration_info,
+        "gallery_calibration": own,
     })
     return record
 
@@ -93,7 +102,8 @@ def _human(r: dict) -> str:
                 else "no match: nobody in the gallery reaches the threshold")
         lines.append(f"  {describe_face(result['face'], every)}\n    {head}")
         lines += [f"    {rank}. {c['name']}  {c['score']:.4f}" for rank, c in enumerate(result["candidates"], 1)]
-    lines.append(f"  threshold {r['threshold']:.4f}{far}; {r['identities']} identities")
+    lines.append(f"  threshold {r['threshold']:.4f}{far} ({r['threshold_source']}); {r['identities']} identities")
+    lines.append(describe_gallery_calibration(r["gallery_calibration"]))
     lines.append(describe_genuine_accept(r))
     lines.append("  timings: " + format_timings(r["timings_ms"]))
     return "\n".join(lines)
