@@ -9,6 +9,11 @@ out, as ``enroll`` leaves them out. The gallery refits its calibration from thos
 only; the 4 profiles per identity are the probes (a probe without a face counts as a miss). Top-1
 and top-5 with ``calibration=False`` and with the gallery's own calibration. Descriptors are cached
 in ``--cache`` (outside the repository: CFP is research-only).
+
+    python benchmarks/measure_gallery_calibration.py --refit-cost 10000 [--photos-per-identity 3]
+
+times enrolment, ``recalibrate`` and a search on a synthetic gallery of that many identities
+(1000-d clustered vectors: the cost depends on the counts and the dimension, not on the faces).
 """
 from __future__ import annotations
 
@@ -61,18 +66,53 @@ def identification(gallery, probes: np.ndarray, truth: np.ndarray) -> dict:
     return {"top1": round(100 * hit1.mean(), 2), "top5": round(100 * hit5.mean(), 2)}
 
 
+def refit_cost(identities: int, per: int, dim: int = 1000) -> dict:
+    """Seconds to enrol, refit and search a synthetic gallery of ``identities`` x ``per`` photos."""
+    from sfpn_edge.gallery import FaceGallery
+
+    rng = np.random.default_rng(0)
+    centres = rng.standard_normal((identities, dim)).astype(np.float32) + 3
+    report = {"identities": identities, "photos": identities * per, "dim": dim}
+    with tempfile.TemporaryDirectory() as tmp, FaceGallery(Path(tmp) / "g.db", model_sha256="0" * 64, dim=dim) as g:
+        start = time.perf_counter()
+        for first in range(0, identities, 1000):
+            g.enroll_many([(f"id{i:06d}", centres[i] + rng.standard_normal((per, dim)).astype(np.float32))
+                           for i in range(first, min(first + 1000, identities))], calibrate=False)
+        report["enrol_s"] = round(time.perf_counter() - start, 2)
+        start = time.perf_counter()
+        cal = g.recalibrate()
+        report["refit_s"] = round(time.perf_counter() - start, 2)
+        report["fit_s"] = cal.info["fit_seconds"]  # inside the refit: the fitting alone
+        report["calibration"] = {k: cal.info.get(k) for k in ("images", "identities", "pca_dim", "thresholds")}
+        report["calibration"]["method"], report["calibration"]["dim_out"] = cal.method, cal.dim_out
+        start = time.perf_counter()
+        g.identify(centres[0], k=5)
+        report["first_search_s"] = round(time.perf_counter() - start, 2)  # builds the calibrated index
+        start = time.perf_counter()
+        g.identify(centres[1], k=5)
+        report["search_ms"] = round(1e3 * (time.perf_counter() - start), 2)
+    return report
+
+
 def main(argv=None) -> int:
     from sfpn_edge.gallery import FaceGallery
     from sfpn_edge.pipeline import FaceVerifier
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--cfp", type=Path, required=True)
+    parser.add_argument("--cfp", type=Path)
+    parser.add_argument("--refit-cost", type=int, metavar="IDENTITIES", help="time a synthetic gallery instead")
+    parser.add_argument("--photos-per-identity", type=int, default=3)
     parser.add_argument("--model", type=Path, default=None)
     parser.add_argument("--detector", default="blazeface")
     parser.add_argument("--cache", type=Path, default=None, help="npz of descriptors (outside the repo)")
     parser.add_argument("--identities", type=int, default=500)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
+    if args.refit_cost:
+        print(json.dumps(refit_cost(args.refit_cost, args.photos_per_identity), indent=2))
+        return 0
+    if args.cfp is None:
+        parser.error("--cfp or --refit-cost is required")
 
     verifier = FaceVerifier(args.model, detector=args.detector, threshold=0.5, calibration=False)
     people, frontal, profile = embed_cfp(verifier, args.cfp, args.cache, args.identities)

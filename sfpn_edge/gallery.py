@@ -326,17 +326,30 @@ class FaceGallery:
 
     def recalibrate(self) -> Optional[Calibration]:
         """Refit the gallery's own calibration on every stored embedding (``sfpn_edge.gallery_calibration``)
-        in one transaction: a process killed meanwhile leaves the previous one. None: too few photos
-        (the gallery then scores raw cosine). Stored embeddings are never changed."""
+        and store it in one transaction: a process killed meanwhile leaves the previous one. None:
+        too few photos (the gallery then scores raw cosine). Stored embeddings are never changed.
+
+        The rows are read in one snapshot and fitted without holding the write lock (a refit takes
+        seconds; other writers wait only for the store); a fit of an older snapshot than the stored
+        one is not stored, the stored one is returned instead.
+        """
         self._require_writable()
-        with self._transaction() as db:
+        with self._snapshot() as db:
             rows = db.execute("SELECT i.name, e.vector, e.checksum FROM embeddings e JOIN identities i "
                               "ON i.id = e.identity ORDER BY i.id, e.id").fetchall()
-            cal = None
-            if rows:
-                vectors = np.stack([self._vector(*row) for row in rows])
-                cal = gallery_calibration.fit_gallery(vectors, [row[0] for row in rows], model_sha256=self.model_sha256,
-                                                      info={"row_changes": _row_changes(db)})
+            changes = _row_changes(db)
+        cal = None
+        if rows:
+            vectors = np.stack([self._vector(*row) for row in rows])
+            cal = gallery_calibration.fit_gallery(vectors, [row[0] for row in rows], model_sha256=self.model_sha256,
+                                                  info={"row_changes": changes})
+        with self._transaction() as db:
+            try:
+                stored = self.stored_calibration()
+            except GalleryError:  # a damaged calibration row is what a refit replaces
+                stored = None
+            if stored is not None and stored.info.get("row_changes", -1) > changes:
+                return stored  # another process stored a fit of newer rows meanwhile
             db.execute("DELETE FROM calibration")
             if cal is not None:
                 db.execute("INSERT INTO calibration (id, entry, mean, projection, checksum) VALUES (1, ?, ?, ?, ?)",
@@ -345,12 +358,16 @@ class FaceGallery:
 
     def refit_due(self) -> bool:
         """Whether an automatic refit is due: the stored photos support another stage than the one
-        fitted, or ``REFIT_CHANGE`` of the photos fitted on were added or removed since."""
+        fitted, or ``REFIT_CHANGE`` of the photos fitted on were added or removed since, or the
+        stored calibration is damaged."""
         if self.format_version < 4:
             return False
         counts = np.array([n for (n,) in self._query("SELECT COUNT(*) FROM embeddings GROUP BY identity")], int)
         plan = gallery_calibration.choose(int(counts.sum()), np.repeat(np.arange(len(counts)), counts), self.dim)
-        cal = self.stored_calibration()
+        try:
+            cal = self.stored_calibration()
+        except GalleryError:  # damaged: a refit replaces it
+            return True
         if cal is None or plan is None:
             return (cal is None) != (plan is None)
         if plan.method != cal.method or (plan.dim or self.dim) >= (1 + REFIT_CHANGE) * cal.dim_out:
@@ -454,6 +471,18 @@ class FaceGallery:
             raise GalleryError(f"{self.path}: write failed, nothing changed ({exc})") from None
         finally:
             self._index = None
+
+    @contextlib.contextmanager
+    def _snapshot(self):
+        """A read transaction: every query inside sees one committed state."""
+        try:
+            self._db.execute("BEGIN")
+            try:
+                yield self._db
+            finally:
+                self._db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise GalleryError(f"{self.path}: cannot read gallery ({exc})") from None
 
     # -- reading ---------------------------------------------------------------------------
 

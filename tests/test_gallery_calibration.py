@@ -174,8 +174,10 @@ def test_damaged_or_foreign_calibration_is_refused(tmp_path):
     raw.close()
     with pytest.raises(GalleryError, match="fitted for another model"):
         check_gallery(db)
-    with open_gallery(db) as g:  # recalibrate replaces it
-        g.recalibrate()
+    with open_gallery(db) as g:  # the next enrolment's refit replaces it
+        assert g.refit_due()
+        g.enroll("new", np.ones(DIM, np.float32))
+        assert g.stored_calibration().model_sha256 == SHA
     assert "calibration" in check_gallery(db)["checks"]
 
 
@@ -211,14 +213,18 @@ def test_sigkill_mid_refit_loses_nothing(tmp_path, stage):
                             stderr=subprocess.PIPE, text=True)
     try:
         assert proc.stdout.readline() == "fitted\n", proc.stderr.read()
+        if stage == "fit":  # the fit holds no lock: another writer goes ahead meanwhile
+            with open_gallery(db) as g:
+                g.enroll("meanwhile", people(rng, 1, 2)["id000"], calibrate=False)
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     assert proc.returncode == -signal.SIGKILL
-    assert check_gallery(db)["embeddings"] == 160
+    photos = 160 + 2 * (stage == "fit")
+    assert check_gallery(db)["embeddings"] == photos
     with open_gallery(db) as g:  # the previous calibration, intact; a refit works
         assert g.stored_calibration().digest == before and g.refit_due()
-        assert g.recalibrate().info["gallery_photos"] == 160
+        assert g.recalibrate().info["gallery_photos"] == photos
 
 
 def test_cli_recalibrate_and_info(tmp_path, capsys):

@@ -261,9 +261,12 @@ class _Rigged:
     def __len__(self):
         return len(self.gallery)
 
-    def identify_batch(self, probes, k):
+    def operating_point(self, far):
+        return self.gallery.operating_point(far)
+
+    def identify_batch(self, probes, k, calibrated=None):
         self.calls += 1
-        return self.answer(self.calls, self.gallery.identify_batch(probes, k))
+        return self.answer(self.calls, self.gallery.identify_batch(probes, k, calibrated=calibrated))
 
 
 def test_reidentification_can_name_an_unknown_track_but_never_renames(model_dir, weights, galleries, video):
