@@ -147,10 +147,17 @@ def _codes(labels: Sequence, n: int) -> np.ndarray:
 
 
 def _pca(xc: np.ndarray, d: int) -> np.ndarray:
-    """Top ``d`` principal axes [D, d] of centred rows ``xc`` (sign fixed: largest entry positive)."""
-    cov = xc.T @ xc / max(len(xc) - 1, 1)
-    vals, vecs = np.linalg.eigh(cov)
-    axes = vecs[:, ::-1][:, :d]
+    """Top ``d`` principal axes [D, d] of centred rows ``xc`` (sign fixed: largest entry positive).
+
+    With fewer rows than dimensions the axes come from the N x N Gram matrix (same axes, an
+    eigendecomposition of the smaller side: a 60-photo gallery does not pay for 1000 x 1000)."""
+    if len(xc) < xc.shape[1]:
+        vals, vecs = np.linalg.eigh(xc @ xc.T)
+        axes = xc.T @ vecs[:, ::-1][:, :d]
+        axes /= np.maximum(np.linalg.norm(axes, axis=0), 1e-300)
+    else:
+        vals, vecs = np.linalg.eigh(xc.T @ xc / max(len(xc) - 1, 1))
+        axes = vecs[:, ::-1][:, :d]
     return axes * np.sign(axes[np.abs(axes).argmax(axis=0), np.arange(d)])
 
 
