@@ -18,10 +18,18 @@ storage) over one template per identity: the normalised mean of its embeddings
 (``template="mean"``, the default: +6 points top-1 over ``"all"`` embeddings on CFP frontal
 enrolment / profile probes, see ``DEFAULT_TEMPLATE``) or every embedding (best one counts).
 
+Self-calibration (format 4): the gallery fits its own calibration on its stored embeddings
+(``sfpn_edge.gallery_calibration``: centring from 50 photos, LDA once identities allow, thresholds
+cross-fitted on its own photo pairs) and keeps it in the ``calibration`` table; rows stay as
+enrolled, so refits are exact. ``recalibrate()`` refits (fit outside the write lock, stored in one
+transaction); ``enroll``/``remove`` refit when ``refit_due()``. Searches calibrate probes and rows
+unless opened with ``calibration=False``; ``operating_point(far)`` gives the gallery's own threshold
+for its calibrated scores, ``identify_batch(calibrated=False)`` the raw scores of the same ranking.
+
 Damage is refused, never served: only regular files are opened (a FIFO or device as the path
 fails at once); opening for writing runs ``PRAGMA quick_check``; every embedding read is checked
 (size, finite, unit norm, row checksum); ``check_gallery`` (``sfpn-edge gallery check``) runs all
-of it on demand. Older files (format 1: no checksums; 2: no photo hashes) are read as they are
+of it on demand. Older files (format 1: no checksums; 2: no photo hashes; 3: no calibration) are read as they are
 and upgraded in one transaction when opened for writing; ``open_gallery`` opens a file with the
 model and size recorded in it (the ``sfpn-edge gallery`` commands, which need no model).
 """
@@ -126,7 +134,8 @@ class FaceGallery:
     """A gallery file bound to one embedding model (its sha256) and descriptor size.
 
     ``create=True`` makes the file when it does not exist; ``readonly=True`` never writes
-    (opening fails if the file is missing). An existing file that is not a gallery, or one made
+    (opening fails if the file is missing); ``calibration=False`` ignores the gallery's own
+    calibration in searches (raw cosine). An existing file that is not a gallery, or one made
     for another model or descriptor size, raises GalleryError before anything is written.
     """
 
