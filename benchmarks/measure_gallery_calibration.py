@@ -44,7 +44,8 @@ def embed_cfp(verifier, root: Path, cache, identities: int):
         for pose, count in (("frontal", 10), ("profile", 4)):
             for n in range(count):
                 try:
-                    out[pose][i, n] = verifier.embed_image(root / "Data" / "Images" / person / pose / f"{n + 1:02d}.jpg")[0]
+                    path = root / "Data" / "Images" / person / pose / f"{n + 1:02d}.jpg"
+                    out[pose][i, n] = verifier.embed_image(path)[0]
                 except ImageError:
                     pass
         if i % 50 == 49:
@@ -125,8 +126,8 @@ def main(argv=None) -> int:
         db = Path(tmp) / "cfp.db"
         with FaceGallery(db, model_sha256=verifier.model_sha256, dim=verifier.descriptor_dim) as gallery:
             start = time.perf_counter()
-            gallery.enroll_many([(person, rows[np.isfinite(rows).all(axis=1)])
-                                 for person, rows in zip(people, frontal)], calibrate=False)
+            gallery.enroll_many([(person, rows[np.isfinite(rows).all(axis=1)]) for person, rows in zip(people, frontal)
+                                 if np.isfinite(rows).all(axis=1).any()], calibrate=False)
             enrolled = time.perf_counter() - start
             start = time.perf_counter()
             gallery.recalibrate()

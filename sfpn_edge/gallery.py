@@ -412,7 +412,8 @@ class FaceGallery:
               f"impostor, cross-fitted over {gallery_calibration.THRESHOLD_GROUPS} identity groups)")
         table = thresholds.OperatingPoints(
             {p["far"]: p["threshold"] for p in points},
-            f"the gallery's own calibration ({cal.method}, {cal.dim_out}-d), thresholds cross-fitted on its photo pairs",
+            f"the gallery's own calibration ({cal.method}, {cal.dim_out}-d), thresholds cross-fitted on its "
+            "photo pairs",
             {p["far"]: {gallery_calibration.PROTOCOL: p["tar"]} for p in points}, on)
         try:
             return table.at(far)
@@ -424,7 +425,12 @@ class FaceGallery:
         provenance, its thresholds (own or why not); with ``calibrated``, which scores an answer
         holds ("calibrated": compared with the gallery's own threshold; "raw": ranked by the
         calibration, compared with the verifier's threshold)."""
-        cal = self.stored_calibration()
+        try:
+            cal = self.stored_calibration()
+        except GalleryError as exc:
+            if self.use_calibration:
+                raise
+            return {"state": "off", "reason": str(exc)}  # not used, so not in the way
         if cal is None:
             photos = self._query("SELECT COUNT(*) FROM embeddings")[0][0]
             reason = (f"{photos} photos, centring needs {gallery_calibration.MIN_PHOTOS}"

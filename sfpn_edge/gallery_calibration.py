@@ -80,10 +80,13 @@ def fit_gallery(vectors: np.ndarray, labels: Sequence[str], *, model_sha256: str
     x, y = vectors[rows], labels[rows]
     plan = choose(len(x), y, x.shape[1])
     counts = np.unique(labels, return_counts=True)[1]
-    cal = fitting.fit(x, y, plan.method, plan.dim, pca_dim=plan.pca_dim, shrinkage=plan.shrinkage, info={
-        "source": SOURCE, "model_sha256": model_sha256,
-        "gallery_photos": int(len(vectors)), "gallery_identities": int(len(counts)),
-        "identities_with_2_photos": int((counts >= 2).sum()), **(info or {})})
+    record = {"source": SOURCE, "model_sha256": model_sha256, "gallery_photos": int(len(vectors)),
+              "gallery_identities": int(len(counts)), "identities_with_2_photos": int((counts >= 2).sum()),
+              **(info or {})}
+    try:
+        cal = fitting.fit(x, y, plan.method, plan.dim, pca_dim=plan.pca_dim, shrinkage=plan.shrinkage, info=record)
+    except fitting.CalibrationError as exc:  # e.g. no variation within identities: centring still works
+        cal = fitting.fit(x, y, "center", info={**record, "lda_refused": str(exc)})
     points, thresholds = _thresholds(vectors, labels)
     cal.info.update(thresholds=thresholds, fit_seconds=round(time.perf_counter() - start, 3))
     return Calibration(cal.method, cal.mean, cal.projection, cal.info, points)

@@ -149,8 +149,8 @@ class FaceStream:
         if len(gallery) == 0:
             raise SfpnError(f"{gallery.path}: the gallery is empty; enrol someone first")
         self.verifier, self.gallery = verifier, gallery
-        op, self._calibrated = verifier.gallery_operating_point(gallery)
-        self.threshold = op.threshold
+        # Fails here when no threshold is known; taken again at each lookup (a refit may change it).
+        self.threshold = verifier.gallery_operating_point(gallery)[0].threshold
         self.detect_every, self.min_crops, self.best_crops = detect_every, min_crops, best_crops
         self.reid_after, self.reid_margin, self.max_faces = reid_after, reid_margin, max_faces
         self.source = source if isinstance(source, FrameSource) else open_source(source, **source_options)
@@ -243,7 +243,9 @@ class FaceStream:
         if len(state.best) < self.min_crops or not state.fresh or not self._wants_crops(state, frame.time):
             return []
         template = l2_normalize(np.ascontiguousarray(np.mean([d for _, d in state.best], axis=0)[None], np.float32))
-        best = self.gallery.identify_batch(template, 1, calibrated=self._calibrated)[0][0]
+        op, calibrated = self.verifier.gallery_operating_point(self.gallery)
+        self.threshold = op.threshold
+        best = self.gallery.identify_batch(template, 1, calibrated=calibrated)[0][0]
         name = best.name if best.score >= self.threshold else None
         state.at, state.fresh = frame.time, False
         first = not state.decided

@@ -63,6 +63,10 @@ def test_stages_follow_the_photos(tmp_path):
         cal = g.stored_calibration()
         assert (cal.method, cal.dim_out) == ("lda", 29)  # LDA to d needs d + 1 identities with 2+ photos
         assert cal.info["identities_with_2_photos"] == 30
+    with open_gallery(tmp_path / "same.db") as g:  # two copies of each photo: no within-identity
+        g.enroll_many([(n, np.repeat(v, 2, axis=0)) for n, v in people(rng, 30, 1).items()])  # variation
+        cal = g.stored_calibration()
+        assert cal.method == "center" and "no variation within identities" in cal.info["lda_refused"]
 
 
 def test_refit_is_exact_on_raw_rows_and_shares_the_fitting(tmp_path):
@@ -168,6 +172,7 @@ def test_damaged_or_foreign_calibration_is_refused(tmp_path):
         g.identify(np.ones(DIM, np.float32))
     with open_gallery(db, readonly=True, calibration=False) as g:  # still searchable raw
         assert g.identify(np.ones(DIM, np.float32), k=1)
+        assert g.calibration_summary()["state"] == "off" and "checksum" in g.calibration_summary()["reason"]
     foreign = type(cal)(cal.method, cal.mean, cal.projection, {**cal.info, "model_sha256": "ef" * 32})
     raw.execute("UPDATE calibration SET entry = ?, mean = ?, projection = ?, checksum = ?", _calibration_row(foreign))
     raw.commit()

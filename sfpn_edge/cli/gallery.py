@@ -135,7 +135,9 @@ def _human_info(r: dict) -> str:
 def describe_gallery_calibration(c: dict) -> str:
     """Two lines on a gallery's own calibration (``FaceGallery.calibration_summary``)."""
     if c["state"] == "none":
-        return f"  gallery calibration: none ({c['reason']}); raw cosine, built-in thresholds"
+        return f"  gallery calibration: none ({c['reason']}); raw cosine, the verifier's thresholds"
+    if "method" not in c:
+        return f"  gallery calibration: turned off (--no-calibration; the stored one: {c['reason']})"
     head = (f"  gallery calibration: {c['method']} {c['dim_in']}->{c['dim_out']}-d"
             f"{' (turned off: --no-calibration)' if c['state'] == 'off' else ''}, fitted {c['created']} on "
             f"{c['images']} photos of {c['identities']} identities"
