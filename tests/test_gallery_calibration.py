@@ -251,6 +251,38 @@ def test_cli_recalibrate_and_info(tmp_path, capsys):
     assert "gallery calibration: lda 48->39-d" in out and "cross-fitted on" in out
 
 
+def test_on_top_of_a_model_calibration(model_dir, blazeface_dir, tmp_path):
+    """A model-directory calibration fixes the gallery's space (other spaces are refused); the
+    gallery's own calibration is fitted in that space and its thresholds win when it has them."""
+    import shutil
+
+    from sfpn_edge import calibration as C
+    from sfpn_edge.models import load_manifest
+    from sfpn_edge.pipeline import FaceVerifier
+
+    model = shutil.copytree(model_dir, tmp_path / "model")
+    rng = np.random.default_rng(8)
+    sha = load_manifest(model)["source_sha256"]
+    model_cal = fitting.fit(np.abs(rng.standard_normal((200, 1000))), None, "pca", 24, info={"model_sha256": sha})
+    model_cal.operating_points.append({"far": 1e-3, "threshold": 0.5, "detector": "blazeface", "crop": "detect"})
+    C.save_calibration(model_cal, model)
+    verifier = FaceVerifier(model, detector="blazeface", detector_weights=blazeface_dir)
+    db = tmp_path / "g.db"
+    with FaceGallery(db, model_sha256=verifier.model_sha256, dim=verifier.descriptor_dim) as g:
+        g.enroll_many([(n, v[:, :24]) for n, v in people(rng, 10, 2).items()])
+        assert g.stored_calibration() is None
+        assert verifier.gallery_operating_point(g) == (verifier.operating_point, False)  # the model calibration's
+        assert verifier.operating_point.threshold == 0.5
+        g.enroll_many([(n, v[:, :24]) for n, v in people(rng, 40, 3).items()])
+        cal = g.stored_calibration()
+        assert (cal.method, cal.dim_in, cal.dim_out) == ("lda", 24, 24) and cal.info["pca_dim"] == 24
+        op, calibrated = verifier.gallery_operating_point(g)
+        assert calibrated and op.source.startswith("the gallery's own calibration")
+    raw = FaceVerifier(model, detector="blazeface", detector_weights=blazeface_dir, calibration=False)
+    with pytest.raises(GalleryError, match="another model|1000-d"):
+        FaceGallery(db, model_sha256=raw.model_sha256, dim=raw.descriptor_dim, readonly=True)
+
+
 CFP_IDENTITIES = 100
 
 
