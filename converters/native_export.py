@@ -30,6 +30,7 @@ import numpy as np
 
 from sfpn_edge import cache, models
 from sfpn_edge.backends.native_backend import PLAN_FORMAT, PLAN_VERSION
+from sfpn_edge.converters import int8_gate
 from sfpn_edge.converters.calibration_data import check_crops
 from sfpn_edge.errors import ModelError
 
@@ -148,6 +149,7 @@ def export_native(model_dir: PathLike, crops: np.ndarray, source: str, *,
     manifest["files"]["native"] = {"int8": NATIVE_INT8}
     manifest.setdefault("calibration", {})["native"] = describe(plan)
     models.write_manifest(model_dir, manifest)
+    int8_gate.record(model_dir, crops)
     return path
 
 

@@ -35,7 +35,7 @@ from typing import Dict, Optional, Sequence
 import numpy as np
 
 from sfpn_edge import models
-from sfpn_edge.converters import native_export, tflite_quantize
+from sfpn_edge.converters import int8_gate, native_export, tflite_quantize
 from sfpn_edge.converters.calibration_data import (CalibrationSet, calibration_crops, cfp_calibration_samples,
                                                    check_crops, example_calibration)
 from sfpn_edge.errors import SfpnError
@@ -215,6 +215,7 @@ def quantize_model_dir(model_dir: Path, calibration: CalibrationSet, *, use_nncf
         files["litert"]["int8"] = tflite_quantize.INT8_FILE
     manifest["calibration"] = record
     models.write_manifest(model_dir, manifest).chmod(0o644)  # a model dir is shared
+    manifest[int8_gate.KEY] = int8_gate.record(model_dir, crops)
     return manifest
 
 

@@ -30,7 +30,8 @@ class FaceEmbedder:
     """SqueezeFacePoseNet descriptors from one model directory on one runtime.
 
     ``model_dir``: a path or ``ModelDir`` (None: the cache's default model); ``runtime``: a
-    ``Runtime``, or build one from ``backend``, ``precision``, ``device``, ``threads``, ``cache_dir``.
+    ``Runtime``, or build one from ``backend``, ``precision``, ``device``, ``threads``, ``cache_dir``
+    (backend and precision default to ``auto``: see ``sfpn_edge.runtime.make_runtime``).
     """
 
     def __init__(
@@ -48,7 +49,8 @@ class FaceEmbedder:
         self.dir = ModelDir.of(model_dir)
         self.model_dir, self.manifest = self.dir.path, self.dir.manifest
         self.input_size, self.mean, self.descriptor_dim = self.dir.input_size, self.dir.mean, self.dir.descriptor_dim
-        self.runtime = make_runtime(runtime, backend, precision, device, threads, cache_dir)
+        self.runtime = make_runtime(runtime, backend, precision, device, threads, cache_dir,
+                                    int8_gate=self.dir.int8_gate())
         rt = self.runtime
         path = self.dir.file(rt.backend, rt.precision, rt.device)
         self.model = rt.open(path)

@@ -73,6 +73,28 @@ class ModelDir:
         have = ", ".join(sorted(files[family]))
         raise ModelError(f"{self.path}: no {precision} model for {backend} (has: {have})")
 
+    def int8_gate(self) -> Dict[str, str]:
+        """Why each backend's int8 file may or may not run under ``--precision auto``: backend ->
+        "" when its gate passed (``converters.int8_gate``, measured when the file was written) and
+        the file is still the one measured, else the reason it is not used."""
+        gate = self.manifest.get(models.INT8_GATE_KEY)
+        gate = gate if isinstance(gate, dict) and isinstance(gate.get("backends"), dict) else {}
+        out = {}
+        for backend, family in self.manifest["files"].items():
+            if not isinstance(family, dict) or "int8" not in family:
+                continue
+            entry = gate["backends"].get(backend) if gate else None
+            if not isinstance(entry, dict):
+                out[backend] = (f"the {backend} int8 file has no accuracy gate recorded (written by an older "
+                                "sfpn-edge: `sfpn-edge fetch-weights --force` measures it)")
+            elif entry.get("sha256") != models.file_digests(self.manifest, family["int8"]):
+                out[backend] = f"the {backend} int8 file changed after its accuracy gate was measured"
+            elif entry.get("passed") is not True:
+                out[backend] = f"the {backend} int8 file failed its accuracy gate ({_gate_text(entry, gate)})"
+            else:
+                out[backend] = ""
+        return out
+
     # -- framing and decisions --------------------------------------------------------------
 
     def margin(self, detector: str = thresholds.DEFAULT_DETECTOR) -> float:
@@ -118,3 +140,10 @@ class ModelDir:
         from sfpn_edge.calibration import load_calibration
 
         return load_calibration(self.path, self.manifest, own=True)
+
+
+def _gate_text(entry: dict, gate: dict) -> str:
+    if "mean_cosine" not in entry:
+        return str(entry.get("reason", "not measured"))
+    return (f"mean cosine to fp32 {entry['mean_cosine']:.4f}, min {entry['min_cosine']:.4f}; "
+            f"rule: {gate.get('rule', '?')}")

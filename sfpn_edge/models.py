@@ -23,6 +23,7 @@ MANIFEST = "manifest.json"
 DEFAULT_MODEL = "squeezefaceposenet-dwc"
 DIGESTS = "file_sha256"
 CALIBRATION_KEY = "descriptor_calibration"  # its ``baked`` files are model files too
+INT8_GATE_KEY = "int8_gate"  # written by converters.int8_gate, read by ModelDir.int8_gate
 MANIFEST_MAX_BYTES = 1 << 20
 MANIFEST_MAX_DEPTH = 16
 
@@ -127,6 +128,12 @@ def listed_files(manifest: Dict[str, Any]) -> List[str]:
     names += list(baked.values()) if isinstance(baked, dict) else []
     plain = [Path(n) for n in names if isinstance(n, str) and n and Path(n).name == n]
     return sorted({part.name for n in plain for part in _with_weights(n)})
+
+
+def file_digests(manifest: Dict[str, Any], name: str) -> Dict[str, str]:
+    """The recorded sha256 of model file ``name`` and, for an IR ``.xml``, of its ``.bin``."""
+    digests = manifest.get(DIGESTS) or {}
+    return {part.name: digests.get(part.name, "") for part in _with_weights(Path(name))}
 
 
 def _with_weights(path: Path) -> tuple:

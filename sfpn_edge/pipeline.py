@@ -179,8 +179,8 @@ class FaceVerifier:
             raise SfpnError(f"face_policy must be one of {FACE_POLICIES}, got {face_policy!r}")
         if threshold is not None and far is not None:
             raise SfpnError("give a threshold or a FAR, not both")
-        self.runtime = make_runtime(runtime, backend, precision, device, threads)
         self.model = ModelDir.of(model_dir)
+        self.runtime = make_runtime(runtime, backend, precision, device, threads, int8_gate=self.model.int8_gate())
         self.embedder = FaceEmbedder(self.model, runtime=self.runtime)
         # True: the model directory's calibration when it has one (descriptors and thresholds).
         self.calibration = resolve_calibration(calibration, self.model.path, self.model.manifest)

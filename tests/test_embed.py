@@ -125,16 +125,16 @@ def test_model_directory_problems_are_model_errors(model_dir, tmp_path):
     broken = tmp_path / "broken"
     shutil.copytree(model_dir, broken)
     with pytest.raises(ModelError, match="no int8 model for onnxruntime"):
-        FaceEmbedder(broken, precision="int8")
+        FaceEmbedder(broken, "onnxruntime", precision="int8")
     (broken / "model.onnx").unlink()
     with pytest.raises(ModelError, match="file is missing"):
-        FaceEmbedder(broken)
+        FaceEmbedder(broken, "onnxruntime")
     (broken / "model.onnx").write_bytes(b"\x08\x01junk")
     with pytest.raises(ModelError, match="model.onnx: sha256 .* differs from the manifest"):
-        FaceEmbedder(broken)
+        FaceEmbedder(broken, "onnxruntime")
     models.write_manifest(broken, models.load_manifest(broken))  # a manifest that vouches for the junk
     with pytest.raises(ModelError, match="cannot load model.onnx"):
-        FaceEmbedder(broken)
+        FaceEmbedder(broken, "onnxruntime")
     manifest = json.loads((broken / "manifest.json").read_text())
     manifest["format_version"] = models.FORMAT_VERSION + 1
     (broken / "manifest.json").write_text(json.dumps(manifest))

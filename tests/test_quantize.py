@@ -251,3 +251,47 @@ def test_dataset_free_native_plan_is_exact_on_the_portable_path(free_dir, calibr
     (fast,) = open_model(path, "native", precision="int8").run(crops)
     (portable,) = open_model(path, "native", precision="int8", portable=True).run(crops)
     assert np.array_equal(fast, portable)
+
+
+def test_int8_gate_recorded_per_backend(free_dir):
+    """Every int8 file written is measured against fp32, and --precision auto may use it."""
+    from sfpn_edge.converters import int8_gate
+    from sfpn_edge.model_dir import ModelDir
+
+    gate = models.load_manifest(free_dir)[int8_gate.KEY]
+    assert "mean cosine" in gate["rule"]
+    for backend in ("onnxruntime", "openvino", "native"):
+        entry = gate["backends"][backend]
+        assert entry["passed"] and int8_gate.MIN_MEAN_COSINE <= entry["mean_cosine"] <= 1.0
+        assert entry["min_cosine"] <= entry["mean_cosine"]
+    assert {b: why for b, why in ModelDir(free_dir).int8_gate().items() if b != "litert"} == \
+        {"onnxruntime": "", "openvino": "", "native": ""}
+
+
+def test_int8_gate_fails_a_broken_file_and_notices_a_changed_one(free_dir, example_crops, tmp_path):
+    from sfpn_edge import platform_info
+    from sfpn_edge.converters import int8_gate
+    from sfpn_edge.model_dir import ModelDir
+
+    broken = tmp_path / "model"
+    shutil.copytree(free_dir, broken)
+    npz = broken / "model_native_int8.npz"
+    with np.load(npz, allow_pickle=False) as plan:
+        arrays = dict(plan)
+    first = next(k for k, v in arrays.items() if v.dtype == np.int8)
+    arrays[first] = -arrays[first]                          # the first conv's weights negated
+    np.savez(npz, **arrays)
+    models.write_manifest(broken, models.load_manifest(broken))
+    assert "changed after its accuracy gate" in ModelDir(broken).int8_gate()["native"]
+
+    crops = calibration_data.example_calibration(example_crops[0].parent, 113, models.load_manifest(free_dir)["mean"],
+                                                 per_image=8).crops
+    entry = int8_gate.record(broken, crops)["backends"]["native"]
+    assert not entry["passed"] and entry["mean_cosine"] < int8_gate.MIN_MEAN_COSINE
+    assert "failed its accuracy gate" in ModelDir(broken).int8_gate()["native"]
+    rt = FaceEmbedder(broken, threads=1).runtime
+    assert rt.backend != "native"                           # auto never runs a failed int8 file
+    if platform_info.detect().int8_dot:                     # the next int8 path whose file passed
+        assert rt.precision == "int8" and "passed its accuracy gate" in rt.reason
+    else:
+        assert rt.precision == "fp32" and "no int8 dot-product" in rt.reason

@@ -167,3 +167,81 @@ def test_info_command(capsys):
         assert main(["info", "--target", "vpu"]) == 2
         err = capsys.readouterr().err
         assert err.startswith("sfpn-edge info: error: target 'vpu'") and err.count("\n") == 1
+
+
+PASSED = {"onnxruntime": "", "openvino": "", "native": "", "litert": ""}
+PI4 = platform_info.PlatformInfo("Linux", "aarch64", "pi 4", 4, ("asimd",))
+
+
+@pytest.mark.parametrize(
+    "machine, gate, backend, precision, words",
+    [
+        (env(), PASSED, "openvino", "int8", "loses more than 0.5 point"),   # native: measured too lossy
+        (env(ov=None), PASSED, "onnxruntime", "int8", "onnxruntime int8 file passed"),
+        (env(), {**PASSED, "openvino": "the openvino int8 file failed its accuracy gate (x)"}, "onnxruntime", "int8",
+         "failed its accuracy gate"),
+        (Environment(X86, ("CPU",), ORT_CPU, {}, "1.4.0"), PASSED, "litert", "int8", "the most accurate int8 path"),
+        (Environment(X86, ("CPU",), ORT_CPU, {}, "1.4.0"), {**PASSED, "litert": "the litert int8 file changed"},
+         "openvino", "int8", "openvino int8 file passed"),
+        (env(), {"onnxruntime": ""}, "onnxruntime", "int8", "no int8 file for openvino"),
+        (env(), {}, "openvino", "fp32", "no int8 file for onnxruntime"),
+        (env(X86_AVX2), PASSED, "openvino", "fp32", "no int8 dot-product"),   # int8 saturates or is slower
+        (Environment(ARM, None, ORT_CPU, {}, "1.4.0"), PASSED, "litert", "int8", "litert int8 file passed"),
+        (Environment(PI4, None, ORT_CPU, {}, "1.4.0"), PASSED, "litert", "fp32", "no int8 dot-product"),
+        (env(ov=("CPU", "NPU")), PASSED, "openvino", "int8", "openvino int8 file passed"),
+    ],
+)
+def test_auto_precision_takes_int8_only_when_fast_here_and_gated(machine, gate, backend, precision, words):
+    choice = choose("auto", machine, precision="auto", int8_gate=gate)
+    assert (choice.backend, choice.precision) == (backend, precision)
+    assert words in choice.reason and choice.as_dict()["precision"] == precision
+
+
+def test_auto_precision_on_a_named_backend(monkeypatch):
+    from sfpn_edge.runtime import Runtime
+
+    monkeypatch.setattr(platform_info, "detect", lambda *a, **k: X86)
+    assert Runtime.resolve("onnxruntime", precision="auto", int8_gate=PASSED).precision == "int8"
+    stale = {"onnxruntime": "the onnxruntime int8 file changed after its accuracy gate was measured"}
+    rt = Runtime.resolve("onnxruntime", precision="auto", int8_gate=stale)
+    assert rt.precision == "fp32" and "changed after" in rt.reason
+    assert Runtime.resolve("native", precision="auto", int8_gate={}).precision == "int8"   # its only precision
+    monkeypatch.setattr(platform_info, "detect", lambda *a, **k: X86_AVX2)
+    assert Runtime.resolve("onnxruntime", precision="auto", int8_gate=PASSED).precision == "fp32"
+
+
+def test_auto_precision_passes_over_a_failed_int8_file_to_the_next_gated_one():
+    gate = {**PASSED, "openvino": "the openvino int8 file failed its accuracy gate (y)"}
+    choice = choose("auto", env(), precision="auto", int8_gate=gate)
+    assert (choice.backend, choice.precision) == ("onnxruntime", "int8")
+    assert "failed its accuracy gate" in choice.reason and "loses more than 0.5 point" in choice.reason
+    gate["onnxruntime"] = "gone"
+    choice = choose("auto", env(), precision="auto", int8_gate=gate)
+    assert (choice.backend, choice.precision) == ("openvino", "fp32") and "gone" in choice.reason
+
+
+def test_info_says_what_the_defaults_run_for_the_default_model(model_dir, example_crops, tmp_path, monkeypatch, capsys):
+    import json
+    import shutil
+
+    from sfpn_edge import models
+    from sfpn_edge.cli import main
+    from sfpn_edge.converters import native_export
+    from sfpn_edge.converters.calibration_data import example_calibration
+
+    monkeypatch.setenv("SFPN_EDGE_MODEL", str(tmp_path / "absent"))
+    assert main(["info", "--json"]) == 0
+    defaults = json.loads(capsys.readouterr().out)["defaults"]
+    assert defaults["backend"] is None and "fetch-weights" in defaults["reason"]
+
+    model = tmp_path / "model"
+    shutil.copytree(model_dir, model)
+    crops = example_calibration(example_crops[0].parent, 113, models.load_manifest(model)["mean"], per_image=4).crops
+    native_export.export_native(model, crops, "twelve example crops")
+    monkeypatch.setenv("SFPN_EDGE_MODEL", str(model))
+    assert main(["info", "--json"]) == 0
+    defaults = json.loads(capsys.readouterr().out)["defaults"]
+    want = choose("auto", Environment.detect(), precision="auto", int8_gate={"native": ""})
+    assert (defaults["backend"], defaults["precision"]) == (want.backend, want.precision)
+    assert defaults["model_dir"] == str(model) and defaults["reason"] == want.reason
+    assert main(["info"]) == 0 and "defaults (auto, model " in capsys.readouterr().out

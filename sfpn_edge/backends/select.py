@@ -6,8 +6,8 @@ devices, ONNX Runtime providers), so it is unit-tested with injected device list
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Optional
+from dataclasses import dataclass, field, replace
+from typing import Mapping, Optional
 
 from sfpn_edge import platform_info
 from sfpn_edge.backends.base import MYRIAD_GONE
@@ -88,9 +88,11 @@ class Choice:
     backend: str
     device: str
     reason: str
+    precision: Optional[str] = None  # set when the policy chose it (precision "auto")
 
     def as_dict(self) -> dict:
-        return {"target": self.target, "backend": self.backend, "device": self.device, "reason": self.reason}
+        out = {"target": self.target, "backend": self.backend, "device": self.device, "reason": self.reason}
+        return out if self.precision is None else {**out, "precision": self.precision}
 
 
 ARM_ORDER = ("ARM order, from instruction counts under QEMU and a cost model (tools/arm64-cost; estimates, "
@@ -166,16 +168,86 @@ def _auto(env: Environment, target: str, precision: str) -> Choice:
 _POLICY = {"cpu": _cpu, "arm": _arm, "vpu": _vpu, "auto": _auto}
 
 
-def choose(target: str = "auto", env: Optional[Environment] = None, precision: str = "fp32") -> Choice:
+def choose(target: str = "auto", env: Optional[Environment] = None, precision: str = "fp32",
+           int8_gate: Optional[Mapping[str, str]] = None) -> Choice:
     """The backend and device for ``target`` and ``precision`` on ``env`` (default: this machine),
-    or SfpnError."""
+    or SfpnError. ``precision="auto"`` also picks the precision: int8 where the CPU has int8
+    dot-product instructions and the chosen backend's int8 file passed its accuracy gate
+    (``int8_gate``: backend -> "" when it passed, else why not; ``ModelDir.int8_gate``), else fp32."""
     env = env or Environment.detect()
     key = target.lower()
     if key == "myriad":
         raise SfpnError(MYRIAD_GONE)
     if key not in _POLICY:
         raise SfpnError(f"unknown target {target!r}; choose from {TARGETS}")
+    if precision == "auto":
+        return _auto_precision(env, key, int8_gate or {})
     return _POLICY[key](env, key, precision)
+
+
+# CFP end to end through the default detector (BlazeFace and its chain), dataset-free int8 files,
+# `sfpn-edge eval cfp --protocol both --crop detect --detector blazeface --backend B --precision int8
+# --threads 1`, FF / FP %: fp32 96.37 / 87.61; LiteRT 96.29 / 87.57; ONNX Runtime 96.14 / 87.47;
+# OpenVINO 96.14 / 87.14; native 95.86 / 86.91. Every precision must stay within 0.5 point of fp32.
+AUTO_INT8_TOO_LOSSY = {
+    "native": ("the native int8 plan loses more than 0.5 point of CFP accuracy on the default detector's "
+               "crops (FF 95.86 / FP 86.91 vs fp32 96.37 / 87.61), so auto does not pick it; "
+               "--backend native asks for it"),
+}
+
+
+def int8_rejection(platform: platform_info.PlatformInfo, backend: str, int8_gate: Mapping[str, str]) -> str:
+    """Why ``backend`` should not run int8 on ``platform`` ("" when it should)."""
+    if not platform.int8_dot:
+        return ("this CPU has no int8 dot-product instructions (VNNI, AMX, ARM asimddp), where int8 runs "
+                "slower than fp32 or saturates")
+    if backend in AUTO_INT8_TOO_LOSSY:
+        return AUTO_INT8_TOO_LOSSY[backend]
+    if backend not in int8_gate:
+        return f"the model has no int8 file for {backend}"
+    return int8_gate[backend]
+
+
+def int8_accepted(backend: str) -> str:
+    return f"int8: the {backend} int8 file passed its accuracy gate (manifest: int8_gate)"
+
+
+X86_LITERT_INT8 = ("x86 CPU with int8 dot products: LiteRT int8, the most accurate int8 path on CFP through the "
+                   "default detector (FF 96.29 / FP 87.57 vs fp32 96.37 / 87.61) and the engine that detector "
+                   "already runs on (a verify peaks at 73 MB vs 130 MB with OpenVINO int8), at 2.54 ms per face "
+                   "on 1 thread vs OpenVINO int8's 1.81 (README backend table; --backend openvino asks for it)")
+
+
+def _auto_precision(env: Environment, key: str, int8_gate: Mapping[str, str]) -> Choice:
+    """On x86 LiteRT int8 when it may run (``X86_LITERT_INT8``); else the policy's int8 choice if
+    it may run int8 here; else its next choice with that backend left out, and so on; else the fp32
+    choice, saying why not int8."""
+    if (env.platform.is_x86 and env.litert is not None and not env.has_ov("NPU")
+            and not int8_rejection(env.platform, "litert", int8_gate)):
+        return Choice(key, "litert", "CPU", f"{X86_LITERT_INT8}; {int8_accepted('litert')}", "int8")
+    why_not, left = [], env
+    while True:
+        try:
+            int8 = _POLICY[key](left, key, "int8")
+        except SfpnError:
+            break
+        rejection = int8_rejection(env.platform, int8.backend, int8_gate)
+        if not rejection:
+            return replace(int8, precision="int8", reason=f"{int8.reason}; {int8_accepted(int8.backend)}"
+                           + "".join(f" ({w}, so not used)" for w in why_not))
+        why_not.append(rejection)
+        if not env.platform.int8_dot:
+            break
+        left = _without(left, int8.backend)
+    fp32 = _POLICY[key](env, key, "fp32")
+    return replace(fp32, precision="fp32", reason=f"{fp32.reason}; fp32: {'; '.join(why_not)}")
+
+
+def _without(env: Environment, backend: str) -> Environment:
+    """``env`` as if ``backend`` were not installed."""
+    gone = {"native": {"native": False}, "openvino": {"openvino_devices": None},
+            "litert": {"litert": None}, "onnxruntime": {"ort_providers": None}}
+    return replace(env, **gone[backend])
 
 
 def available_targets(env: Environment) -> list:

@@ -198,10 +198,9 @@ def run(args: argparse.Namespace) -> dict:
     threads = configs.parse_threads(args.threads)
     stages = () if args.stages.strip() == "none" else configs.parse_list(args.stages, STAGES, "stage")
     root = cfp_root(args.cfp_root)
+    peers = [c for peer in args.peer_tflite for c in configs.peer_candidates(Path(peer), threads)]  # checked first
     source = model_source.resolve(args.weights, root, progress=not args.no_progress)
-    candidates = configs.model_candidates(source.model_dir, backends, precisions, threads)
-    for peer in args.peer_tflite:
-        candidates += configs.peer_candidates(Path(peer), threads)
+    candidates = configs.model_candidates(source.model_dir, backends, precisions, threads) + peers
     if not args.no_baseline:
         candidates.insert(0, configs.baseline_candidate(source.model_dir))
 

@@ -58,7 +58,7 @@ def register(subparsers) -> None:
     parser.add_argument("--int8", action="store_true",
                         help=f"also quantize the model to int8 (model_int8.onnx / .xml), calibrated on up to "
                              f"{INT8_IMAGES} of these images")
-    add_model_options(parser)
+    add_model_options(parser, auto=False)
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.set_defaults(func=run)
 

@@ -15,18 +15,22 @@ from sfpn_edge.errors import ModelError, SfpnError
 MODEL_ENV = "SFPN_EDGE_MODEL"
 
 
-def add_model_options(parser: argparse.ArgumentParser) -> None:
-    """--model, --backend, --precision, --device, --target, --threads (one ``Runtime``)."""
+def add_model_options(parser: argparse.ArgumentParser, auto: bool = True) -> None:
+    """--model, --backend, --precision, --device, --target, --threads (one ``Runtime``); ``auto``:
+    the defaults are ``--backend auto --precision auto`` (else onnxruntime fp32, for measurements)."""
     group = parser.add_argument_group("model")
     group.add_argument("--model", type=Path, metavar="DIR",
                        help=f"converted model directory (default: ${MODEL_ENV}, else the model "
                             "`sfpn-edge fetch-weights` put in the cache)")
+    default = "auto: the fastest backend here, see `sfpn-edge info`" if auto else "onnxruntime"
     group.add_argument("--backend", default=None, choices=registry.names() + ("auto",),
-                       help="inference backend (default: onnxruntime; auto: what --target auto picks; "
-                            "native runs the int8 plan on sfpn-edge's own kernels)")
+                       help=f"inference backend (default: {default}; native runs the int8 plan on "
+                            "sfpn-edge's own kernels)")
     group.add_argument("--precision", default=None,
-                       help="model precision listed in the model's manifest, e.g. fp32, fp16, int8 (default: fp32, "
-                            "or the backend's only precision: int8 for native)")
+                       help="model precision listed in the model's manifest, e.g. fp32, fp16, int8, or auto: int8 "
+                            "where this CPU has int8 dot products and the model's int8 file passed its accuracy "
+                            f"gate, else fp32 (default: {'auto' if auto else 'fp32'}, or the backend's only "
+                            "precision: int8 for native)")
     group.add_argument("--device", default=None, metavar="D",
                        help="device of the backend, e.g. CPU, XNNPACK (onnxruntime), GPU, NPU (openvino); default CPU")
     group.add_argument("--target", default=None, metavar="T",
@@ -34,15 +38,21 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
                             "(see `sfpn-edge info`; not with --backend)")
     group.add_argument("--threads", type=_positive_int, default=None, metavar="N",
                        help="threads per inference (default: the usable CPUs, at most 4)")
+    parser.set_defaults(auto_runtime=auto)
 
 
-def runtime(args: argparse.Namespace):
-    """The ``Runtime`` the parsed model options describe (SfpnError for a bad combination)."""
-    from sfpn_edge.runtime import Runtime
+def runtime(args: argparse.Namespace, model=None):
+    """The ``Runtime`` the parsed model options describe for ``model`` (a ``ModelDir``: its int8
+    gate decides ``--precision auto``), or SfpnError for a bad combination."""
+    from sfpn_edge.runtime import Runtime, make_runtime
 
+    gate = model.int8_gate() if model is not None else None
     try:
-        return Runtime.resolve(args.backend, device=args.device, precision=args.precision,
-                               threads=args.threads, target=args.target)
+        auto = getattr(args, "auto_runtime", True)
+        if auto and args.target is None:
+            return make_runtime(None, args.backend, args.precision, args.device, args.threads, int8_gate=gate)
+        return Runtime.resolve(args.backend, device=args.device, precision=args.precision or ("auto" if auto else None),
+                               threads=args.threads, target=args.target, int8_gate=gate)
     except ValueError as exc:
         raise SfpnError(str(exc)) from None
 
@@ -142,7 +152,8 @@ def make_verifier(args: argparse.Namespace):
     """A FaceVerifier configured from the parsed model / pipeline / threshold options."""
     from sfpn_edge.pipeline import FaceVerifier
 
-    return FaceVerifier(model_dir(args), runtime=runtime(args), detector=args.detector,
+    model, rt = _model_and_runtime(args)
+    return FaceVerifier(model, runtime=rt, detector=args.detector,
                         detector_weights=args.detector_weights, fallbacks=args.fallback,
                         margin=args.margin, flip=args.flip, face_policy=args.face_policy,
                         min_quality=args.min_quality,
@@ -153,7 +164,21 @@ def make_embedder(args: argparse.Namespace):
     """A FaceEmbedder for the parsed model options."""
     from sfpn_edge.embed import FaceEmbedder
 
-    return FaceEmbedder(model_dir(args), runtime=runtime(args))
+    model, rt = _model_and_runtime(args)
+    return FaceEmbedder(model, runtime=rt)
+
+
+def _model_and_runtime(args: argparse.Namespace) -> tuple:
+    """(ModelDir, Runtime) for the parsed options; a bad --threads is reported before a bad model."""
+    from sfpn_edge.model_dir import ModelDir
+    from sfpn_edge.threads import check_threads
+
+    try:
+        check_threads(args.threads)
+    except ValueError as exc:
+        raise SfpnError(str(exc)) from None
+    model = ModelDir(model_dir(args))
+    return model, runtime(args, model)
 
 
 def make_detector(args: argparse.Namespace, embedder):

@@ -70,7 +70,7 @@ def _add_common(parser: argparse.ArgumentParser, default_crop: str) -> None:
     group.add_argument("--calibration", type=Path, metavar="DIR",
                        help="apply the calibration stored in DIR (a calibrated model directory or a "
                             "`calibrate --out` directory); default: none, raw descriptors")
-    add_model_options(parser)
+    add_model_options(parser, auto=False)
     out = parser.add_argument_group("output")
     out.add_argument("--json", type=Path, metavar="FILE",
                      help="write all metrics, the configuration and the model sha256 as JSON ('-' for stdout)")

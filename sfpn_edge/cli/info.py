@@ -44,6 +44,7 @@ def run(args: argparse.Namespace) -> int:
         "choice": _choose(args.target, env, "fp32"),
         "choice_int8": _choose(args.target, env, "int8"),
         "targets": {t: select.choose(t, env).as_dict() for t in select.available_targets(env)},
+        "defaults": _defaults(args.target, env),
     }
     emit(result, args.json, _human)
     return 0
@@ -62,6 +63,35 @@ def _choose(target: str, env, precision: str) -> dict:
             raise
         return {"target": target, "backend": None, "device": None,
                 "reason": f"nothing can run here: {exc}; install a backend, e.g. pip install onnxruntime"}
+
+
+def _defaults(target: str, env) -> dict:
+    """What the photo commands' defaults (``--backend auto --precision auto``) run for the default
+    model (``$SFPN_EDGE_MODEL``, else the cache's): its int8 gate decides the precision."""
+    import os
+
+    from sfpn_edge.errors import SfpnError
+    from sfpn_edge.model_dir import ModelDir
+    from sfpn_edge.models import default_model_dir
+
+    path = os.environ.get("SFPN_EDGE_MODEL") or default_model_dir()
+    try:
+        gate = ModelDir(path).int8_gate()
+    except SfpnError as exc:
+        return {"model_dir": str(path), "backend": None, "precision": None,
+                "reason": f"no model ({exc}); run `sfpn-edge fetch-weights`"}
+    choice = _choose_with(target, env, gate)
+    return {"model_dir": str(path), **choice}
+
+
+def _choose_with(target: str, env, gate: dict) -> dict:
+    from sfpn_edge.backends import select
+    from sfpn_edge.errors import SfpnError
+
+    try:
+        return select.choose(target, env, precision="auto", int8_gate=gate).as_dict()
+    except SfpnError as exc:
+        return {"backend": None, "precision": None, "reason": str(exc)}
 
 
 def _backend(spec) -> dict:
@@ -86,7 +116,14 @@ def _human(r: dict) -> str:
         f"targets:    {', '.join(r['available_targets']) or '(none)'}",
         _describe_choice(c["target"], c),
         _describe_choice(f"{c['target']}, int8", i8),
+        _describe_default(r["defaults"]),
     ])
+
+
+def _describe_default(d: dict) -> str:
+    if d["backend"] is None:
+        return f"defaults -> nothing: {d['reason']}"
+    return f"defaults (auto, model {d['model_dir']}) -> {d['backend']} {d['precision']} on {d['device']}: {d['reason']}"
 
 
 def _describe_choice(label: str, c: dict) -> str:
