@@ -1,7 +1,8 @@
 """CFP 1:N through the detector pipeline and a real gallery file: raw vs the gallery's own calibration.
 
     python benchmarks/measure_gallery_calibration.py --cfp ../shared/data/cfp [--model DIR] \
-        [--detector blazeface] [--cache /tmp/cfp_gallery_blazeface.npz] [--identities 500] [--json OUT]
+        [--detector blazeface] [--backend onnxruntime --precision fp32] \
+        [--cache /tmp/cfp_gallery_blazeface.npz] [--identities 500] [--json OUT]
 
 Each identity is enrolled (``FaceGallery.enroll``) with its 10 frontal photos, embedded by
 ``FaceVerifier.embed_images`` (detector, crop, ORT fp32); photos where no face is found are left
@@ -32,13 +33,15 @@ import numpy as np
 
 
 def embed_cfp(verifier, root: Path, cache, identities: int):
-    """(people, frontal [I, 10, D] with NaN rows for no face, profile [I, 4, D] likewise)."""
+    """(people, frontal [I, 10, D] with NaN rows for no face, profile [I, 4, D] likewise); the
+    cache is keyed by the identities, the detector and the runtime."""
+    key = f"{verifier.detector_name} {verifier.runtime.backend} {verifier.runtime.precision}"
     from sfpn_edge.errors import ImageError
 
     people = sorted(p.name for p in (root / "Data" / "Images").iterdir() if p.is_dir())[:identities]
     if cache and cache.is_file():
         data = np.load(cache, allow_pickle=False)
-        if list(data["people"]) == people:
+        if list(data["people"]) == people and str(data.get("key", "")) == key:
             return people, data["frontal"], data["profile"]
     dim = verifier.descriptor_dim
     out = {"frontal": np.full((len(people), 10, dim), np.nan, np.float32),
@@ -55,7 +58,7 @@ def embed_cfp(verifier, root: Path, cache, identities: int):
         if i % 50 == 49:
             print(f"  embedded {i + 1}/{len(people)} identities ({time.perf_counter() - start:.0f} s)", file=sys.stderr)
     if cache:
-        np.savez(cache, people=np.array(people), **out)
+        np.savez(cache, people=np.array(people), key=key, **out)
     return people, out["frontal"], out["profile"]
 
 
@@ -99,7 +102,7 @@ def refit_cost(identities: int, per: int, dim: int = 1000) -> dict:
     return report
 
 
-def open_set(model, detector: str, people, frontal, probes, truth, fars=(1e-2, 1e-3)) -> dict:
+def open_set(model, detector: str, runtime, people, frontal, probes, truth, fars=(1e-2, 1e-3)) -> dict:
     """{FAR: {raw|calibrated: threshold, its source, correct accepts %, strangers named %}}."""
     from sfpn_edge.gallery import FaceGallery
     from sfpn_edge.pipeline import FaceVerifier
@@ -111,7 +114,7 @@ def open_set(model, detector: str, people, frontal, probes, truth, fars=(1e-2, 1
     with tempfile.TemporaryDirectory() as tmp:
         db = Path(tmp) / "half.db"
         for far in fars:
-            verifier = FaceVerifier(model, detector=detector, far=far, calibration=False)
+            verifier = FaceVerifier(model, runtime=runtime, detector=detector, far=far, calibration=False)
             if not db.exists():
                 with FaceGallery(db, model_sha256=verifier.model_sha256, dim=verifier.descriptor_dim) as g:
                     g.enroll_many([(p, rows[np.isfinite(rows).all(axis=1)]) for p, rows in zip(enrolled, frontal)],
@@ -142,6 +145,8 @@ def main(argv=None) -> int:
     parser.add_argument("--photos-per-identity", type=int, default=3)
     parser.add_argument("--model", type=Path, default=None)
     parser.add_argument("--detector", default="blazeface")
+    parser.add_argument("--backend", default="onnxruntime")
+    parser.add_argument("--precision", default="fp32")
     parser.add_argument("--cache", type=Path, default=None, help="npz of descriptors (outside the repo)")
     parser.add_argument("--identities", type=int, default=500)
     parser.add_argument("--json", type=Path, default=None)
@@ -152,11 +157,13 @@ def main(argv=None) -> int:
     if args.cfp is None:
         parser.error("--cfp or --refit-cost is required")
 
-    verifier = FaceVerifier(args.model, detector=args.detector, threshold=0.5, calibration=False)
+    verifier = FaceVerifier(args.model, args.backend, args.precision, detector=args.detector, threshold=0.5,
+                            calibration=False)
     people, frontal, profile = embed_cfp(verifier, args.cfp, args.cache, args.identities)
     probes = profile.reshape(-1, profile.shape[-1])
     truth = np.repeat(np.array(people), profile.shape[1])
     report = {"identities": len(people), "detector": verifier.detector_name,
+              "runtime": f"{verifier.runtime.backend} {verifier.runtime.precision}",
               "enrolment_photos_without_face": int((~np.isfinite(frontal).all(-1)).sum()),
               "probes_without_face": int((~np.isfinite(probes).all(-1)).sum()), "probes": len(probes)}
     with tempfile.TemporaryDirectory() as tmp:
@@ -176,7 +183,7 @@ def main(argv=None) -> int:
                              readonly=True, calibration=use) as gallery:
                 report[name] = identification(gallery, probes, truth)
     report["gain_top1"] = round(report["calibrated"]["top1"] - report["raw"]["top1"], 2)
-    report["open_set"] = open_set(args.model, args.detector, people, frontal, probes, truth)
+    report["open_set"] = open_set(args.model, args.detector, verifier.runtime, people, frontal, probes, truth)
     text = json.dumps(report, indent=2)
     print(text)
     if args.json:
