@@ -157,3 +157,53 @@ def test_default_detector_speed_ratio(benchmark, verifiers, cfp_root):
                                  **{f"{k}_median_ms": round(float(np.median(v)) * 1e3, 2) for k, v in times.items()}})
     if not benchmark.disabled:          # smoke runs (--benchmark-disable) time one noisy round only
         assert ratio <= 0.35, f"{DEFAULT} pair takes {ratio:.2f}x MTCNN's"
+
+
+AUTO_CANDIDATES = [("litert", "int8"), ("openvino", "int8"), ("onnxruntime", "int8"), ("native", "int8"),
+                   ("onnxruntime", "fp32")]
+
+
+@pytest.fixture(scope="module")
+def int8_verifiers(model_dir, example_crops, blazeface_dir, tmp_path_factory):  # noqa: F811
+    """One BlazeFace verifier per path ``--precision auto`` weighs on x86, at one thread, on the model
+    with dataset-free int8 files (a small calibration set: speed only)."""
+    import shutil
+
+    from sfpn_edge import models
+    from sfpn_edge.converters.calibration_data import example_calibration
+    from sfpn_edge.converters.quantize import quantize_model_dir
+    from sfpn_edge.detect.registry import make_detector
+    from sfpn_edge.pipeline import FaceVerifier
+    from sfpn_edge.runtime import Runtime
+
+    out = tmp_path_factory.mktemp("int8") / "model"
+    shutil.copytree(model_dir, out)
+    quantize_model_dir(out, example_calibration(example_crops[0].parent, 113, models.load_manifest(out)["mean"],
+                                                per_image=8), progress=False)
+    found = {}
+    for backend, precision in AUTO_CANDIDATES:
+        rt = Runtime.resolve(backend, precision=precision, threads=1)
+        found[backend, precision] = FaceVerifier(out, runtime=rt, detector=make_detector("blazeface", blazeface_dir, rt))
+    return found
+
+
+def test_photo_to_descriptor_per_backend(benchmark, int8_verifiers, cfp_root):
+    """Photo -> descriptor (BlazeFace, crop, embedding; decoded photos, one thread) for each path auto
+    weighs, interleaved in one process: CPU ms per photo, medians over rounds (README, the defaults)."""
+    import time
+
+    images = cfp_root / "Data" / "Images"
+    photos = [cv2.imread(str(images / f"{i:03d}" / kind / "01.jpg")) for i in range(1, 11)
+              for kind in ("frontal", "profile")]
+    times = {key: [] for key in int8_verifiers}
+
+    def interleaved():
+        for key, verifier in int8_verifiers.items():
+            start = time.process_time()
+            verifier.embed_photos(photos)
+            times[key].append((time.process_time() - start) / len(photos))
+
+    benchmark.pedantic(interleaved, rounds=7, warmup_rounds=1)
+    medians = {f"{b} {p}": round(float(np.median(v)) * 1e3, 2) for (b, p), v in times.items()}
+    benchmark.extra_info["cpu_ms_per_photo"] = medians
+    assert all(ms > 0 for ms in medians.values())
