@@ -187,7 +187,9 @@ def quantize_model_dir(model_dir: Path, calibration: CalibrationSet, *, use_nncf
         quantize_onnx(fp32_onnx, tmp / ORT_INT8, crops)
         made = [ORT_INT8, native_export.NATIVE_INT8]
         report.step("int8: native engine plan")
-        plan, arrays = native_export.build_plan(fp32_onnx, crops, manifest["mean"], source)
+        headroom = (native_export.EXAMPLES_HEADROOM if calibration.record.get("scheme") == "example-augmented"
+                    else native_export.DEFAULT_HEADROOM)
+        plan, arrays = native_export.build_plan(fp32_onnx, crops, manifest["mean"], source, headroom=headroom)
         native_export.save_plan(tmp / native_export.NATIVE_INT8, plan, arrays)
         record["native"] = native_export.describe(plan)
         if "openvino" in files:

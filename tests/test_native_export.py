@@ -81,7 +81,7 @@ def test_plan_structure_of_the_dwc_model(dwc_plan, mean):
     assert plan["format"] == "sfpn-native-int8" and plan["version"] == 1
     assert plan["input"] == {"offset": mean, "pad": [131, 104, 91, 0]}
     assert plan["calibration"] == {"count": CALIBRATION, "source": "CFP test subset", "method": "max",
-                                   "bias_correction": CALIBRATION}
+                                   "headroom": 1.0, "bias_correction": CALIBRATION}
     assert plan["buffers"][0] == {"h": 113, "w": 113, "c": 4}
     assert all(b["c"] % 16 == 0 for b in plan["buffers"][1:])
     kinds = [op["op"] for op in plan["ops"]]

@@ -173,19 +173,23 @@ PASSED = {"onnxruntime": "", "openvino": "", "native": "", "litert": ""}
 PI4 = platform_info.PlatformInfo("Linux", "aarch64", "pi 4", 4, ("asimd",))
 
 
+X86_AVX_VNNI = platform_info.PlatformInfo("Linux", "x86_64", "vnni, no avx-512", 4, ("avx2", "avx_vnni"))
+
+
 @pytest.mark.parametrize(
     "machine, gate, backend, precision, words",
     [
-        (env(), PASSED, "openvino", "int8", "loses more than 0.5 point"),   # native: measured too lossy
-        (env(ov=None), PASSED, "onnxruntime", "int8", "onnxruntime int8 file passed"),
-        (env(), {**PASSED, "openvino": "the openvino int8 file failed its accuracy gate (x)"}, "onnxruntime", "int8",
-         "failed its accuracy gate"),
-        (Environment(X86, ("CPU",), ORT_CPU, {}, "1.4.0"), PASSED, "litert", "int8", "the most accurate int8 path"),
-        (Environment(X86, ("CPU",), ORT_CPU, {}, "1.4.0"), {**PASSED, "litert": "the litert int8 file changed"},
-         "openvino", "int8", "openvino int8 file passed"),
+        (env(), PASSED, "native", "int8", "native int8 file passed"),
+        (env(ov=None), {**PASSED, "native": "the native int8 file failed its accuracy gate (x)"}, "onnxruntime",
+         "int8", "failed its accuracy gate"),
         (env(), {"onnxruntime": ""}, "onnxruntime", "int8", "no int8 file for openvino"),
-        (env(), {}, "openvino", "fp32", "no int8 file for onnxruntime"),
-        (env(X86_AVX2), PASSED, "openvino", "fp32", "no int8 dot-product"),   # int8 saturates or is slower
+        (env(), {}, "onnxruntime", "fp32", "no int8 file for onnxruntime"),
+        (env(X86_AVX2), PASSED, "onnxruntime", "fp32", "no int8 dot-product"),   # int8 saturates or is slower
+        (env(X86_AVX2, ort=None), PASSED, "openvino", "fp32", "no int8 dot-product"),
+        (Environment(X86, ("CPU",), ORT_CPU, {}, "1.4.0"), PASSED, "native", "int8", "VNNI"),
+        (Environment(X86_AVX_VNNI, ("CPU",), ORT_CPU, {}, "1.4.0"), PASSED, "litert", "int8", "as accurate as fp32"),
+        (Environment(X86_AVX_VNNI, ("CPU",), ORT_CPU, {}, "1.4.0"), {**PASSED, "litert": "the litert int8 file changed"},
+         "openvino", "int8", "openvino int8 file passed"),
         (Environment(ARM, None, ORT_CPU, {}, "1.4.0"), PASSED, "litert", "int8", "litert int8 file passed"),
         (Environment(PI4, None, ORT_CPU, {}, "1.4.0"), PASSED, "litert", "fp32", "no int8 dot-product"),
         (env(ov=("CPU", "NPU")), PASSED, "openvino", "int8", "openvino int8 file passed"),
@@ -211,13 +215,14 @@ def test_auto_precision_on_a_named_backend(monkeypatch):
 
 
 def test_auto_precision_passes_over_a_failed_int8_file_to_the_next_gated_one():
-    gate = {**PASSED, "openvino": "the openvino int8 file failed its accuracy gate (y)"}
+    gate = {**PASSED, "native": "the native int8 file failed its accuracy gate (x)"}
     choice = choose("auto", env(), precision="auto", int8_gate=gate)
-    assert (choice.backend, choice.precision) == ("onnxruntime", "int8")
-    assert "failed its accuracy gate" in choice.reason and "loses more than 0.5 point" in choice.reason
+    assert (choice.backend, choice.precision) == ("openvino", "int8") and "failed its accuracy gate" in choice.reason
+    gate["openvino"] = "the openvino int8 file failed its accuracy gate (y)"
+    assert choose("auto", env(), precision="auto", int8_gate=gate).backend == "onnxruntime"
     gate["onnxruntime"] = "gone"
     choice = choose("auto", env(), precision="auto", int8_gate=gate)
-    assert (choice.backend, choice.precision) == ("openvino", "fp32") and "gone" in choice.reason
+    assert (choice.backend, choice.precision) == ("onnxruntime", "fp32") and "gone" in choice.reason
 
 
 def test_info_says_what_the_defaults_run_for_the_default_model(model_dir, example_crops, tmp_path, monkeypatch, capsys):

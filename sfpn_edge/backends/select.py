@@ -185,24 +185,11 @@ def choose(target: str = "auto", env: Optional[Environment] = None, precision: s
     return _POLICY[key](env, key, precision)
 
 
-# CFP end to end through the default detector (BlazeFace and its chain), dataset-free int8 files,
-# `sfpn-edge eval cfp --protocol both --crop detect --detector blazeface --backend B --precision int8
-# --threads 1`, FF / FP %: fp32 96.37 / 87.61; LiteRT 96.29 / 87.57; ONNX Runtime 96.14 / 87.47;
-# OpenVINO 96.14 / 87.14; native 95.86 / 86.91. Every precision must stay within 0.5 point of fp32.
-AUTO_INT8_TOO_LOSSY = {
-    "native": ("the native int8 plan loses more than 0.5 point of CFP accuracy on the default detector's "
-               "crops (FF 95.86 / FP 86.91 vs fp32 96.37 / 87.61), so auto does not pick it; "
-               "--backend native asks for it"),
-}
-
-
 def int8_rejection(platform: platform_info.PlatformInfo, backend: str, int8_gate: Mapping[str, str]) -> str:
     """Why ``backend`` should not run int8 on ``platform`` ("" when it should)."""
     if not platform.int8_dot:
         return ("this CPU has no int8 dot-product instructions (VNNI, AMX, ARM asimddp), where int8 runs "
                 "slower than fp32 or saturates")
-    if backend in AUTO_INT8_TOO_LOSSY:
-        return AUTO_INT8_TOO_LOSSY[backend]
     if backend not in int8_gate:
         return f"the model has no int8 file for {backend}"
     return int8_gate[backend]
@@ -212,26 +199,32 @@ def int8_accepted(backend: str) -> str:
     return f"int8: the {backend} int8 file passed its accuracy gate (manifest: int8_gate)"
 
 
-X86_LITERT_INT8 = ("x86 CPU with int8 dot products: LiteRT int8, the most accurate int8 path on CFP through the "
-                   "default detector (FF 96.29 / FP 87.57 vs fp32 96.37 / 87.61) and the engine that detector "
+X86_LITERT_INT8 = ("x86 CPU: LiteRT int8, as accurate as fp32 on CFP through the default detector (FF 96.29 / "
+                   "FP 87.57 vs 96.37 / 87.61) and the engine that detector "
                    "already runs on: a photo costs the same CPU time as with OpenVINO int8 (4.39 vs 4.44 ms, "
                    "BlazeFace + crop + embedding, 1 thread) at about half the memory (a verify peaks at 73 vs "
                    "130 MB); --backend openvino asks for OpenVINO")
 
 
+X86_ORT_FP32 = ("x86 CPU, fp32: ONNX Runtime, the cheapest fp32 photo here (6.49 CPU ms per photo vs OpenVINO's "
+                "7.36, BlazeFace + crop + embedding, 1 thread; a verify peaks at 109 vs 130 MB); --backend openvino "
+                "asks for OpenVINO")
+
+
 def _auto_precision(env: Environment, key: str, int8_gate: Mapping[str, str]) -> Choice:
-    """On x86 LiteRT int8 when it may run (``X86_LITERT_INT8``); else the policy's int8 choice if
-    it may run int8 here; else its next choice with that backend left out, and so on; else the fp32
-    choice, saying why not int8."""
-    if (env.platform.is_x86 and env.litert is not None and not env.has_ov("NPU")
-            and not int8_rejection(env.platform, "litert", int8_gate)):
-        return Choice(key, "litert", "CPU", f"{X86_LITERT_INT8}; {int8_accepted('litert')}", "int8")
+    """The policy's int8 choice if it may run int8 here (on x86 LiteRT before OpenVINO and ONNX
+    Runtime on the CPU: ``X86_LITERT_INT8``); else its next choice with that backend left out, and
+    so on; else the fp32 choice (on x86 ONNX Runtime rather than OpenVINO on the CPU: ``X86_ORT_FP32``),
+    saying why not int8."""
     why_not, left = [], env
     while True:
         try:
             int8 = _POLICY[key](left, key, "int8")
         except SfpnError:
             break
+        if (left.platform.is_x86 and left.litert is not None and int8.device == "CPU"
+                and int8.backend in ("openvino", "onnxruntime")):
+            int8 = Choice(key, "litert", "CPU", X86_LITERT_INT8)
         rejection = int8_rejection(env.platform, int8.backend, int8_gate)
         if not rejection:
             return replace(int8, precision="int8", reason=f"{int8.reason}; {int8_accepted(int8.backend)}"
@@ -241,6 +234,8 @@ def _auto_precision(env: Environment, key: str, int8_gate: Mapping[str, str]) ->
             break
         left = _without(left, int8.backend)
     fp32 = _POLICY[key](env, key, "fp32")
+    if env.platform.is_x86 and fp32.backend == "openvino" and fp32.device == "CPU" and env.has_ort("CPUExecutionProvider"):
+        fp32 = Choice(key, "onnxruntime", "CPU", X86_ORT_FP32)
     return replace(fp32, precision="fp32", reason=f"{fp32.reason}; fp32: {'; '.join(why_not)}")
 
 
