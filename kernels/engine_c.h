@@ -13,7 +13,8 @@
  * at a barrier between ops. Results do not depend on the thread count.
  *
  * Code paths with bit-identical results, one table of kernels each (sfpn_isa), picked once per
- * engine: AVX-512 VNNI (engine_x86.h) and portable C loops (engine_portable.h, every CPU). The plan
+ * engine: AVX-512 VNNI (engine_x86.h), NEON dot product and armv8.0 NEON (engine_neon.h, chosen
+ * from HWCAP) and portable C loops (engine_portable.h, every CPU). The plan
  * and shared helpers are in engine_plan.h, the thread team in engine_team.h. Requantization
  * everywhere: q = rint(clamp(fma(scale, (float)acc, bias), 0, 255)), round-half-even.
  */
@@ -23,11 +24,16 @@
 #include "engine_portable.h"
 #include "engine_team.h"
 #include "engine_x86.h"
+#include "engine_neon.h"
 
 /* Every table, fastest first; the portable one, last, runs everywhere. */
 static const sfpn_isa *const sfpn_isas[] = {
 #ifdef SFPN_ENGINE_X86
     &sfpn_isa_vnni,
+#endif
+#ifdef SFPN_ENGINE_NEON
+    &sfpn_isa_dot,
+    &sfpn_isa_v80,
 #endif
     &sfpn_isa_portable,
 };
@@ -38,6 +44,13 @@ static const sfpn_isa *sfpn_engine_isa(int portable) {
     const sfpn_isa *const *isa = sfpn_isas;
     while (!(*isa)->available()) isa++;
     return *isa;
+}
+
+/* The table called ``name`` if this CPU runs it, else NULL. */
+static const sfpn_isa *sfpn_engine_isa_named(const char *name) {
+    for (size_t i = 0; i < sizeof(sfpn_isas) / sizeof(sfpn_isas[0]); i++)
+        if (strcmp(sfpn_isas[i]->name, name) == 0) return sfpn_isas[i]->available() ? sfpn_isas[i] : NULL;
+    return NULL;
 }
 
 /* int8 multiply-adds per second one core can issue at best (0 where no table measures it). Compare

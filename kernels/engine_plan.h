@@ -22,6 +22,9 @@ typedef struct {
     int cin, cout, kernel, stride, mult;
     const int8_t *w_vnni;       /* weights packed for the VNNI kernels */
     const int8_t *w_port;       /* weights for the portable loops */
+    const int8_t *w_arm;        /* weights packed for the NEON kernels (engine_neon.h) */
+    const int32_t *corr;        /* NEON: per output channel, 128 * sum of its weights */
+    size_t arm_block;           /* NEON conv: bytes per packed channel block */
     const float *scale, *bias;  /* per output channel, zero-padded to a multiple of 16 */
 } sfpn_eop;
 
@@ -42,6 +45,10 @@ typedef struct {
     void (*conv_gap)(const sfpn_eplan *pl, const sfpn_eop *op, uint8_t *arena, float *sums, float *out,
                      sfpn_part part, sfpn_team *team);
     double (*peak)(long rounds);   /* int8 MACs per second on one core; NULL: not measured */
+    /* Extra weight packing at engine build (NULL: none): pack_size(src buffer, op) bytes, then
+     * pack(src, op, mem) with mem 64-byte aligned and kept for the engine's life. */
+    size_t (*pack_size)(const sfpn_ebuf *src, sfpn_eop *op);
+    void (*pack)(const sfpn_ebuf *src, sfpn_eop *op, uint8_t *mem);
 } sfpn_isa;
 
 struct sfpn_eplan {
