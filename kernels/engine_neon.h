@@ -25,6 +25,10 @@
 #define SFPN_ENGINE_NEON 1
 #define SFPN_DOTPROD __attribute__((target("arch=armv8.2-a+dotprod")))
 #define SFPN_INLINE static inline __attribute__((always_inline))
+/* GCC 12's pre-allocation scheduling hoists the 16 products of an armv8.0 microkernel step ahead of
+ * their adds and runs out of registers (measured under QEMU: 5x the loads and stores); off for the
+ * armv8.0 entry points (on for the dot-product ones, where it measured better). */
+#define SFPN_NEON_SCHED __attribute__((optimize("no-schedule-insns")))
 #define SFPN_NUNROLL _Pragma("GCC unroll 16")
 #ifndef HWCAP_ASIMDDP
 #define HWCAP_ASIMDDP (1UL << 20)
@@ -51,11 +55,14 @@ static int8_t sfpn_run_weight(const sfpn_eop *op, int merged, int o, int r, int 
     return op->w_port[((size_t)t * op->cin + k) * sfpn_pad16(op->cout) + o];
 }
 
-/* n (< 16) bytes from p, zero-filled, as int8 flipped by 0x80 (the tails of runs). */
+/* n (4, 8 or 12) bytes from p, zeros after, flipped by 0x80 (the tails of runs): loads only, no
+ * lane moves (NEON loads need no alignment). */
 SFPN_INLINE int8x16_t sfpn_load_flip_part(const uint8_t *p, int n) {
-    uint8_t buf[16] = {0};
-    memcpy(buf, p, (size_t)n);
-    return vreinterpretq_s8_u8(veorq_u8(vld1q_u8(buf), vdupq_n_u8(0x80)));
+    uint32x4_t v;
+    if (n == 4) v = vld1q_lane_u32((const uint32_t *)(const void *)p, vdupq_n_u32(0), 0);
+    else v = vreinterpretq_u32_u8(vcombine_u8(vld1_u8(p), vdup_n_u8(0)));
+    if (n == 12) v = vld1q_lane_u32((const uint32_t *)(const void *)(p + 8), v, 2);
+    return vreinterpretq_s8_u8(veorq_u8(vreinterpretq_u8_u32(v), vdupq_n_u8(0x80)));
 }
 
 SFPN_INLINE int8x16_t sfpn_load_flip(const uint8_t *p) {
@@ -88,13 +95,13 @@ SFPN_INLINE void sfpn_neon_gap16(float *sums, const int32x4_t a[4], const float 
  * Conv weights per 16-channel block: [run][4-byte group][16 channels][4]; acc[r][v] holds
  * channels 4v..4v+3 of pixel r. */
 #define SFPN_DOT_GROUP(l)                                                                          \
-    if (ng > l) {                                                                                  \
+    do {                                                                                           \
         int8x16_t wv[4];                                                                           \
         SFPN_NUNROLL for (int v = 0; v < 4; v++) wv[v] = vld1q_s8(w + 16 * v);                     \
         w += 64;                                                                                   \
         SFPN_NUNROLL for (int r = 0; r < R; r++)                                                   \
             SFPN_NUNROLL for (int v = 0; v < 4; v++) acc[r][v] = vdotq_laneq_s32(acc[r][v], wv[v], xv[r], l); \
-    }
+    } while (0)
 
 SFPN_DOTPROD SFPN_INLINE void sfpn_dot_block(const uint8_t *x, ptrdiff_t ldx, const sfpn_run *runs, int nr,
                                              const int8_t *w, const int32_t *corr, int32x4_t acc[][4],
@@ -103,16 +110,20 @@ SFPN_DOTPROD SFPN_INLINE void sfpn_dot_block(const uint8_t *x, ptrdiff_t ldx, co
         SFPN_NUNROLL for (int v = 0; v < 4; v++) acc[r][v] = vld1q_s32(corr + 4 * v);
     for (int t = 0; t < nr; t++) {
         const uint8_t *xt = x + runs[t].off;
-        int len = runs[t].len;
-        for (int k = 0; k < len; k += 16) {
-            int ng = (len - k) / 4;
-            int8x16_t xv[4];
-            if (ng >= 4) {
-                SFPN_NUNROLL for (int r = 0; r < R; r++) xv[r] = sfpn_load_flip(xt + r * ldx + k);
-            } else {
-                SFPN_NUNROLL for (int r = 0; r < R; r++) xv[r] = sfpn_load_flip_part(xt + r * ldx + k, len - k);
-            }
-            SFPN_DOT_GROUP(0) SFPN_DOT_GROUP(1) SFPN_DOT_GROUP(2) SFPN_DOT_GROUP(3)
+        int len = runs[t].len, k = 0;
+        int8x16_t xv[4];
+        for (; k + 16 <= len; k += 16) {
+            SFPN_NUNROLL for (int r = 0; r < R; r++) xv[r] = sfpn_load_flip(xt + r * ldx + k);
+            SFPN_DOT_GROUP(0);
+            SFPN_DOT_GROUP(1);
+            SFPN_DOT_GROUP(2);
+            SFPN_DOT_GROUP(3);
+        }
+        if (k < len) {   /* 1..3 groups of 4 bytes */
+            SFPN_NUNROLL for (int r = 0; r < R; r++) xv[r] = sfpn_load_flip_part(xt + r * ldx + k, len - k);
+            SFPN_DOT_GROUP(0);
+            if (len - k > 4) SFPN_DOT_GROUP(1);
+            if (len - k > 8) SFPN_DOT_GROUP(2);
         }
     }
 }
@@ -231,38 +242,51 @@ SFPN_DOTPROD static void sfpn_dwconv_dot(const sfpn_eplan *pl, const sfpn_eop *o
 
 /* ---------------------------------------------------------------- armv8.0 widening multiply
  * Conv weights per 4-channel group: [run][16-byte chunk][4 channels][16] (runs zero-padded to
- * 16 bytes). Each (pixel, channel) pair has one int32x4 accumulator: SMULL / SMULL2 make 8 int16
- * products each (|x * w| <= 16384: no overflow) and SADALP adds their pairs into it. */
+ * 16 bytes). Each (pixel, channel) pair has one int32x4 accumulator. SMULL makes 8 int16
+ * products and SADDW / SADDW2 add them in. ``pair`` (no weight of the op is -128, so two
+ * products sum to at most 32512 in magnitude): SMLAL2 adds the upper 8 products into the same
+ * int16 lanes first, one widening add pair per 16 products instead of two. */
+SFPN_INLINE int32x4_t sfpn_v80_mac(int32x4_t acc, int8x16_t x, int8x16_t w, const int pair) {
+    int16x8_t p = vmull_s8(vget_low_s8(x), vget_low_s8(w));
+    if (pair) {
+        p = vmlal_high_s8(p, x, w);
+    } else {
+        int16x8_t q = vmull_high_s8(x, w);
+        acc = vaddw_high_s16(vaddw_s16(acc, vget_low_s16(q)), q);
+    }
+    return vaddw_high_s16(vaddw_s16(acc, vget_low_s16(p)), p);
+}
+
 SFPN_INLINE void sfpn_v80_group(const uint8_t *x, ptrdiff_t ldx, const sfpn_run *runs, int nr, const int8_t *w,
-                                int32x4_t acc[][4], const int R) {
+                                int32x4_t acc[][4], const int R, const int pair) {
     SFPN_NUNROLL for (int r = 0; r < R; r++)
         SFPN_NUNROLL for (int c = 0; c < 4; c++) acc[r][c] = vdupq_n_s32(0);
     for (int t = 0; t < nr; t++) {
         const uint8_t *xt = x + runs[t].off;
-        int len = runs[t].len;
-        for (int k = 0; k < len; k += 16, w += 64) {
-            int8x16_t xv[4], wv[4];
-            if (len - k >= 16) {
-                SFPN_NUNROLL for (int r = 0; r < R; r++) xv[r] = sfpn_load_flip(xt + r * ldx + k);
-            } else {
-                SFPN_NUNROLL for (int r = 0; r < R; r++) xv[r] = sfpn_load_flip_part(xt + r * ldx + k, len - k);
-            }
+        int len = runs[t].len, k = 0;
+        int8x16_t xv[4], wv[4];
+        for (; k + 16 <= len; k += 16, w += 64) {
+            SFPN_NUNROLL for (int r = 0; r < R; r++) xv[r] = sfpn_load_flip(xt + r * ldx + k);
             SFPN_NUNROLL for (int c = 0; c < 4; c++) wv[c] = vld1q_s8(w + 16 * c);
             SFPN_NUNROLL for (int r = 0; r < R; r++)
-                SFPN_NUNROLL for (int c = 0; c < 4; c++) {
-                    acc[r][c] = vpadalq_s16(acc[r][c], vmull_s8(vget_low_s8(xv[r]), vget_low_s8(wv[c])));
-                    acc[r][c] = vpadalq_s16(acc[r][c], vmull_high_s8(xv[r], wv[c]));
-                }
+                SFPN_NUNROLL for (int c = 0; c < 4; c++) acc[r][c] = sfpn_v80_mac(acc[r][c], xv[r], wv[c], pair);
+        }
+        if (k < len) {
+            SFPN_NUNROLL for (int r = 0; r < R; r++) xv[r] = sfpn_load_flip_part(xt + r * ldx + k, len - k);
+            SFPN_NUNROLL for (int c = 0; c < 4; c++) wv[c] = vld1q_s8(w + 16 * c);
+            w += 64;
+            SFPN_NUNROLL for (int r = 0; r < R; r++)
+                SFPN_NUNROLL for (int c = 0; c < 4; c++) acc[r][c] = sfpn_v80_mac(acc[r][c], xv[r], wv[c], pair);
         }
     }
 }
 
 /* The 16 channels at n0 of R pixels: four 4-channel groups, each reduced to one vector. */
 SFPN_INLINE void sfpn_v80_block(const sfpn_eop *op, const uint8_t *x, ptrdiff_t ldx, const sfpn_run *runs, int nr,
-                                int n0, int32x4_t out[][4], const int R) {
+                                int n0, int32x4_t out[][4], const int R, const int pair) {
     SFPN_NUNROLL for (int v = 0; v < 4; v++) {
         int32x4_t acc[4][4];
-        sfpn_v80_group(x, ldx, runs, nr, op->w_arm + (size_t)(n0 / 4 + v) * op->arm_block, acc, R);
+        sfpn_v80_group(x, ldx, runs, nr, op->w_arm + (size_t)(n0 / 4 + v) * op->arm_block, acc, R, pair);
         int32x4_t corr = vld1q_s32(op->corr + n0 + 4 * v);
         SFPN_NUNROLL for (int r = 0; r < R; r++)
             out[r][v] = vaddq_s32(corr, vpaddq_s32(vpaddq_s32(acc[r][0], acc[r][1]), vpaddq_s32(acc[r][2], acc[r][3])));
@@ -271,25 +295,25 @@ SFPN_INLINE void sfpn_v80_block(const sfpn_eop *op, const uint8_t *x, ptrdiff_t 
 
 SFPN_INLINE void sfpn_v80_span(const sfpn_eop *op, const uint8_t *x, ptrdiff_t ldx, const sfpn_run *runs, int nr,
                                int n0, uint8_t *y, ptrdiff_t ldy, float *sums, ptrdiff_t first, ptrdiff_t end,
-                               const int gap) {
+                               const int gap, const int pair) {
     const float *sc = op->scale + n0, *bi = op->bias + n0;
     ptrdiff_t p = first;
     int32x4_t acc[4][4];
     for (; p + 4 <= end; p += 4) {
-        sfpn_v80_block(op, x + p * ldx, ldx, runs, nr, n0, acc, 4);
+        sfpn_v80_block(op, x + p * ldx, ldx, runs, nr, n0, acc, 4, pair);
         SFPN_NUNROLL for (int r = 0; r < 4; r++) {
             if (gap) sfpn_neon_gap16(sums + n0, acc[r], sc, bi);
             else sfpn_neon_store16(y + (p + r) * ldy + n0, acc[r], sc, bi);
         }
     }
     for (; p < end; p++) {
-        sfpn_v80_block(op, x + p * ldx, ldx, runs, nr, n0, acc, 1);
+        sfpn_v80_block(op, x + p * ldx, ldx, runs, nr, n0, acc, 1, pair);
         if (gap) sfpn_neon_gap16(sums + n0, acc[0], sc, bi);
         else sfpn_neon_store16(y + p * ldy + n0, acc[0], sc, bi);
     }
 }
 
-static void sfpn_conv_v80(const sfpn_eplan *pl, const sfpn_eop *op, uint8_t *arena, sfpn_part part) {
+SFPN_NEON_SCHED static void sfpn_conv_v80(const sfpn_eplan *pl, const sfpn_eop *op, uint8_t *arena, sfpn_part part) {
     const sfpn_ebuf *s = &pl->bufs[op->src], *d = &pl->bufs[op->dst];
     sfpn_run runs[9];
     ptrdiff_t lo, hi;
@@ -297,11 +321,14 @@ static void sfpn_conv_v80(const sfpn_eplan *pl, const sfpn_eop *op, uint8_t *are
     const uint8_t *x = arena + s->offset + op->src_c0;
     uint8_t *y = arena + d->offset + op->dst_c0;
     sfpn_flat_share(s, part, &lo, &hi);
-    for (int n0 = 0; n0 < op->cout; n0 += 16) sfpn_v80_span(op, x, s->c, runs, nr, n0, y, d->c, NULL, lo, hi, 0);
+    for (int n0 = 0; n0 < op->cout; n0 += 16) {
+        if (op->arm_pair) sfpn_v80_span(op, x, s->c, runs, nr, n0, y, d->c, NULL, lo, hi, 0, 1);
+        else sfpn_v80_span(op, x, s->c, runs, nr, n0, y, d->c, NULL, lo, hi, 0, 0);
+    }
     sfpn_clear_junk(d, arena + d->offset, op->dst_c0, op->cout, lo, hi);
 }
 
-static void sfpn_conv_gap_v80(const sfpn_eplan *pl, const sfpn_eop *op, uint8_t *arena, float *sums, float *out,
+SFPN_NEON_SCHED static void sfpn_conv_gap_v80(const sfpn_eplan *pl, const sfpn_eop *op, uint8_t *arena, float *sums, float *out,
                               sfpn_part part, sfpn_team *team) {
     const sfpn_ebuf *s = &pl->bufs[op->src];
     sfpn_run run = {0, op->cin};
@@ -312,7 +339,8 @@ static void sfpn_conv_gap_v80(const sfpn_eplan *pl, const sfpn_eop *op, uint8_t 
     for (ptrdiff_t n0 = o0; n0 < o1; n0 += 16)
         for (int row = 1; row <= s->h; row++) {
             ptrdiff_t first = sfpn_pixel(s, row, 1) / s->c;
-            sfpn_v80_span(op, x, s->c, &run, 1, (int)n0, NULL, 0, sums, first, first + s->w, 1);
+            if (op->arm_pair) sfpn_v80_span(op, x, s->c, &run, 1, (int)n0, NULL, 0, sums, first, first + s->w, 1, 1);
+            else sfpn_v80_span(op, x, s->c, &run, 1, (int)n0, NULL, 0, sums, first, first + s->w, 1, 0);
         }
     sfpn_gap_end(pl, op, sums, out, o0, o1);
 }
@@ -355,7 +383,7 @@ SFPN_INLINE void sfpn_dw_v80_m(const sfpn_eplan *pl, const sfpn_eop *op, uint8_t
     }
 }
 
-static void sfpn_dwconv_v80(const sfpn_eplan *pl, const sfpn_eop *op, uint8_t *arena, sfpn_part part) {
+SFPN_NEON_SCHED static void sfpn_dwconv_v80(const sfpn_eplan *pl, const sfpn_eop *op, uint8_t *arena, sfpn_part part) {
     const sfpn_ebuf *d = &pl->bufs[op->dst];
     ptrdiff_t lo, hi;
     sfpn_flat_share(&pl->bufs[op->src], part, &lo, &hi);
@@ -422,6 +450,9 @@ static void sfpn_neon_pack(const sfpn_ebuf *s, sfpn_eop *op, uint8_t *mem, int d
         for (int r = 0; r < nr; r++)
             for (int i = 0; i < runs[r].len; i++) corr[o] += 128 * sfpn_run_weight(op, merged, o, r, i, runs[r].len);
     op->w_arm = w;
+    op->arm_pair = 1;
+    for (size_t i = 0; i < (size_t)op->kernel * op->kernel * op->cin * np; i++)
+        if (op->w_port[i] == -128) op->arm_pair = 0;
     int width = dot ? 16 : 4, step = dot ? 4 : 16;
     for (int b = 0; b < np / width; b++)
         for (int r = 0; r < nr; r++) {
