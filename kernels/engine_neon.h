@@ -167,11 +167,10 @@ SFPN_DOTPROD static void sfpn_conv_dot(const sfpn_eplan *pl, const sfpn_eop *op,
 /* conv_gap: this member's 16-channel blocks over the interior pixels, row by row (no junk pixel
  * enters the average; pixels are added in raster order, as the portable loop does). */
 SFPN_DOTPROD static void sfpn_conv_gap_dot(const sfpn_eplan *pl, const sfpn_eop *op, uint8_t *arena, float *sums,
-                                           float *out, sfpn_part part, sfpn_team *team) {
+                                           float *out, sfpn_part part) {
     const sfpn_ebuf *s = &pl->bufs[op->src];
     sfpn_run run = {0, op->cin};
     ptrdiff_t o0, o1;
-    (void)team;
     sfpn_gap_begin(op, sums, 16, part, &o0, &o1);
     const uint8_t *x = arena + s->offset + op->src_c0;
     for (ptrdiff_t n0 = o0; n0 < o1; n0 += 16)
@@ -329,11 +328,10 @@ SFPN_NEON_SCHED static void sfpn_conv_v80(const sfpn_eplan *pl, const sfpn_eop *
 }
 
 SFPN_NEON_SCHED static void sfpn_conv_gap_v80(const sfpn_eplan *pl, const sfpn_eop *op, uint8_t *arena, float *sums, float *out,
-                              sfpn_part part, sfpn_team *team) {
+                              sfpn_part part) {
     const sfpn_ebuf *s = &pl->bufs[op->src];
     sfpn_run run = {0, op->cin};
     ptrdiff_t o0, o1;
-    (void)team;
     sfpn_gap_begin(op, sums, 16, part, &o0, &o1);
     const uint8_t *x = arena + s->offset + op->src_c0;
     for (ptrdiff_t n0 = o0; n0 < o1; n0 += 16)

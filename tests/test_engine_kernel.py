@@ -102,6 +102,17 @@ def test_code_paths_agree_over_the_whole_int8_range(isa):
     assert np.array_equal(Int8Engine(plan, arrays, isa=isa).run(x), want)
 
 
+def test_an_oversubscribed_team_gives_the_same_bytes():
+    # 8 threads on a small machine: members are late or preempted mid-image, chunks move between them
+    rng = np.random.default_rng(5)
+    plan, arrays = fire_plan(rng, h=31, w=29)
+    x = crops(rng, plan, n=6)
+    want = Int8Engine(plan, arrays, threads=1).run(x)
+    team = Int8Engine(plan, arrays, threads=8)
+    for _ in range(5):
+        assert np.array_equal(team.run(x), want)
+
+
 def test_reports_its_code_path():
     plan, arrays = fire_plan(np.random.default_rng(0))
     assert Int8Engine(plan, arrays, portable=True).isa == "portable"
