@@ -240,55 +240,60 @@ SFPN_DOTPROD static void sfpn_dwconv_dot(const sfpn_eplan *pl, const sfpn_eop *o
 }
 
 /* ---------------------------------------------------------------- armv8.0 widening multiply
- * Conv weights per 4-channel group: [run][16-byte chunk][4 channels][16] (runs zero-padded to
- * 16 bytes). Each (pixel, channel) pair has one int32x4 accumulator. SMULL makes 8 int16
- * products and SADDW / SADDW2 add them in. ``pair`` (no weight of the op is -128, so two
- * products sum to at most 32512 in magnitude): SMLAL2 adds the upper 8 products into the same
- * int16 lanes first, one widening add pair per 16 products instead of two. */
-SFPN_INLINE int32x4_t sfpn_v80_mac(int32x4_t acc, int8x16_t x, int8x16_t w, const int pair) {
+ * Conv weights per 8-channel group: [run][16-byte chunk][8 channels][16] (runs zero-padded to
+ * 16 bytes). Each (pixel, channel) pair has one int32x4 accumulator, reduced across its lanes at
+ * the end. SMULL makes 8 int16 products, SADDL / SADDW add them into the accumulator (the first
+ * chunk initialises it). ``pair`` (no weight of the op is -128, so two products sum to at most
+ * 32512 in magnitude): SMLAL2 adds the upper 8 products into the same int16 lanes first. */
+SFPN_INLINE int32x4_t sfpn_v80_mac(int32x4_t acc, int8x16_t x, int8x16_t w, const int pair, const int init) {
     int16x8_t p = vmull_s8(vget_low_s8(x), vget_low_s8(w));
     if (pair) {
         p = vmlal_high_s8(p, x, w);
-    } else {
-        int16x8_t q = vmull_high_s8(x, w);
-        acc = vaddw_high_s16(vaddw_s16(acc, vget_low_s16(q)), q);
+        return init ? vaddl_s16(vget_low_s16(p), vget_high_s16(p)) : vaddw_high_s16(vaddw_s16(acc, vget_low_s16(p)), p);
     }
-    return vaddw_high_s16(vaddw_s16(acc, vget_low_s16(p)), p);
+    int16x8_t q = vmull_high_s8(x, w);
+    acc = init ? vaddl_s16(vget_low_s16(p), vget_high_s16(p)) : vaddw_high_s16(vaddw_s16(acc, vget_low_s16(p)), p);
+    return vaddw_high_s16(vaddw_s16(acc, vget_low_s16(q)), q);
+}
+
+/* One 16-byte chunk (``n`` bytes: the rest zero) of R pixels against 8 channels' weights. */
+SFPN_INLINE void sfpn_v80_chunk(int32x4_t acc[][8], const uint8_t *xt, ptrdiff_t ldx, int n, const int8_t *w,
+                                const int R, const int pair, const int init) {
+    int8x16_t xv[2];
+    SFPN_NUNROLL for (int r = 0; r < R; r++)
+        xv[r] = n >= 16 ? sfpn_load_flip(xt + r * ldx) : sfpn_load_flip_part(xt + r * ldx, n);
+    SFPN_NUNROLL for (int c = 0; c < 8; c++) {
+        int8x16_t wv = vld1q_s8(w + 16 * c);
+        SFPN_NUNROLL for (int r = 0; r < R; r++) acc[r][c] = sfpn_v80_mac(acc[r][c], xv[r], wv, pair, init);
+    }
 }
 
 SFPN_INLINE void sfpn_v80_group(const uint8_t *x, ptrdiff_t ldx, const sfpn_run *runs, int nr, const int8_t *w,
-                                int32x4_t acc[][4], const int R, const int pair) {
-    SFPN_NUNROLL for (int r = 0; r < R; r++)
-        SFPN_NUNROLL for (int c = 0; c < 4; c++) acc[r][c] = vdupq_n_s32(0);
+                                int32x4_t acc[][8], const int R, const int pair) {
+    int first = 1;
     for (int t = 0; t < nr; t++) {
         const uint8_t *xt = x + runs[t].off;
-        int len = runs[t].len, k = 0;
-        int8x16_t xv[4], wv[4];
-        for (; k + 16 <= len; k += 16, w += 64) {
-            SFPN_NUNROLL for (int r = 0; r < R; r++) xv[r] = sfpn_load_flip(xt + r * ldx + k);
-            SFPN_NUNROLL for (int c = 0; c < 4; c++) wv[c] = vld1q_s8(w + 16 * c);
-            SFPN_NUNROLL for (int r = 0; r < R; r++)
-                SFPN_NUNROLL for (int c = 0; c < 4; c++) acc[r][c] = sfpn_v80_mac(acc[r][c], xv[r], wv[c], pair);
-        }
-        if (k < len) {
-            SFPN_NUNROLL for (int r = 0; r < R; r++) xv[r] = sfpn_load_flip_part(xt + r * ldx + k, len - k);
-            SFPN_NUNROLL for (int c = 0; c < 4; c++) wv[c] = vld1q_s8(w + 16 * c);
-            w += 64;
-            SFPN_NUNROLL for (int r = 0; r < R; r++)
-                SFPN_NUNROLL for (int c = 0; c < 4; c++) acc[r][c] = sfpn_v80_mac(acc[r][c], xv[r], wv[c], pair);
+        for (int k = 0, len = runs[t].len; k < len; k += 16, w += 128) {
+            if (first) sfpn_v80_chunk(acc, xt + k, ldx, len - k, w, R, pair, 1);
+            else sfpn_v80_chunk(acc, xt + k, ldx, len - k, w, R, pair, 0);
+            first = 0;
         }
     }
 }
 
-/* The 16 channels at n0 of R pixels: four 4-channel groups, each reduced to one vector. */
+/* The 16 channels at n0 of R pixels: two 8-channel groups, each pair reduced to one lane. */
 SFPN_INLINE void sfpn_v80_block(const sfpn_eop *op, const uint8_t *x, ptrdiff_t ldx, const sfpn_run *runs, int nr,
                                 int n0, int32x4_t out[][4], const int R, const int pair) {
-    SFPN_NUNROLL for (int v = 0; v < 4; v++) {
-        int32x4_t acc[4][4];
-        sfpn_v80_group(x, ldx, runs, nr, op->w_arm + (size_t)(n0 / 4 + v) * op->arm_block, acc, R, pair);
-        int32x4_t corr = vld1q_s32(op->corr + n0 + 4 * v);
-        SFPN_NUNROLL for (int r = 0; r < R; r++)
-            out[r][v] = vaddq_s32(corr, vpaddq_s32(vpaddq_s32(acc[r][0], acc[r][1]), vpaddq_s32(acc[r][2], acc[r][3])));
+    SFPN_NUNROLL for (int v = 0; v < 2; v++) {
+        int32x4_t acc[2][8];
+        sfpn_v80_group(x, ldx, runs, nr, op->w_arm + (size_t)(n0 / 8 + v) * op->arm_block, acc, R, pair);
+        SFPN_NUNROLL for (int h = 0; h < 2; h++) {
+            int32x4_t corr = vld1q_s32(op->corr + n0 + 8 * v + 4 * h);
+            SFPN_NUNROLL for (int r = 0; r < R; r++) {
+                int32x4_t *a = acc[r] + 4 * h;
+                out[r][2 * v + h] = vaddq_s32(corr, vpaddq_s32(vpaddq_s32(a[0], a[1]), vpaddq_s32(a[2], a[3])));
+            }
+        }
     }
 }
 
@@ -297,10 +302,10 @@ SFPN_INLINE void sfpn_v80_span(const sfpn_eop *op, const uint8_t *x, ptrdiff_t l
                                const int gap, const int pair) {
     const float *sc = op->scale + n0, *bi = op->bias + n0;
     ptrdiff_t p = first;
-    int32x4_t acc[4][4];
-    for (; p + 4 <= end; p += 4) {
-        sfpn_v80_block(op, x + p * ldx, ldx, runs, nr, n0, acc, 4, pair);
-        SFPN_NUNROLL for (int r = 0; r < 4; r++) {
+    int32x4_t acc[2][4];
+    for (; p + 2 <= end; p += 2) {
+        sfpn_v80_block(op, x + p * ldx, ldx, runs, nr, n0, acc, 2, pair);
+        SFPN_NUNROLL for (int r = 0; r < 2; r++) {
             if (gap) sfpn_neon_gap16(sums + n0, acc[r], sc, bi);
             else sfpn_neon_store16(y + (p + r) * ldy + n0, acc[r], sc, bi);
         }
@@ -397,7 +402,7 @@ SFPN_NEON_SCHED static void sfpn_dwconv_v80(const sfpn_eplan *pl, const sfpn_eop
 /* ---------------------------------------------------------------- packing (engine build) */
 
 /* Bytes of one op's packed weights + corrections for table ``dot`` (1) or armv8.0 (0); sets
- * op->arm_block (bytes per 16-channel block (dot) or 4-channel group (v80) of a conv). */
+ * op->arm_block (bytes per 16-channel block (dot) or 8-channel group (v80) of a conv). */
 static size_t sfpn_neon_pack_size(const sfpn_ebuf *s, sfpn_eop *op, int dot) {
     if (op->kind == SFPN_OP_MAXPOOL) return 0;
     size_t corr = sizeof(int32_t) * (size_t)sfpn_pad16(op->cout);
@@ -405,9 +410,9 @@ static size_t sfpn_neon_pack_size(const sfpn_ebuf *s, sfpn_eop *op, int dot) {
     sfpn_run runs[9];
     int nr = sfpn_runs(s, op, runs);
     size_t block = 0;
-    for (int r = 0; r < nr; r++) block += dot ? (size_t)runs[r].len * 16 : (size_t)(runs[r].len + 15) / 16 * 64;
+    for (int r = 0; r < nr; r++) block += dot ? (size_t)runs[r].len * 16 : (size_t)(runs[r].len + 15) / 16 * 128;
     op->arm_block = block;
-    return corr + block * (size_t)(dot ? sfpn_pad16(op->cout) / 16 : sfpn_pad16(op->cout) / 4);
+    return corr + block * (size_t)(dot ? sfpn_pad16(op->cout) / 16 : sfpn_pad16(op->cout) / 8);
 }
 
 /* Pack op's portable weights into ``mem`` (sfpn_neon_pack_size bytes, 16-byte aligned) and point
@@ -451,7 +456,7 @@ static void sfpn_neon_pack(const sfpn_ebuf *s, sfpn_eop *op, uint8_t *mem, int d
     op->arm_pair = 1;
     for (size_t i = 0; i < (size_t)op->kernel * op->kernel * op->cin * np; i++)
         if (op->w_port[i] == -128) op->arm_pair = 0;
-    int width = dot ? 16 : 4, step = dot ? 4 : 16;
+    int width = dot ? 16 : 8, step = dot ? 4 : 16;
     for (int b = 0; b < np / width; b++)
         for (int r = 0; r < nr; r++) {
             int len = (runs[r].len + step - 1) / step * step;
