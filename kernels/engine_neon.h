@@ -467,6 +467,33 @@ static void sfpn_neon_pack(const sfpn_ebuf *s, sfpn_eop *op, uint8_t *mem, int d
         }
 }
 
+/* NEON max pooling, 16 channels per step (explicit: Python's -fwrapv keeps GCC 12 from
+ * vectorising the portable loop, measured 4.9 M scalar instructions per face under QEMU).
+ * Channel counts not a multiple of 16 take the portable loop. */
+static void sfpn_maxpool_neon(const sfpn_eplan *pl, const sfpn_eop *op, uint8_t *arena, sfpn_part part) {
+    const sfpn_ebuf *s = &pl->bufs[op->src], *d = &pl->bufs[op->dst];
+    if (s->c % 16) {
+        sfpn_maxpool_portable(pl, op, arena, part);
+        return;
+    }
+    const uint8_t *src = arena + s->offset;
+    uint8_t *dst = arena + d->offset;
+    int k = op->kernel, st = op->stride, c = s->c;
+    ptrdiff_t row = (ptrdiff_t)(s->w + 2) * c, y0, y1;
+    sfpn_share(d->h, part, &y0, &y1);
+    for (ptrdiff_t oy = y0; oy < y1; oy++)
+        for (int ox = 0; ox < d->w; ox++) {
+            uint8_t *out = dst + sfpn_pixel(d, (int)oy + 1, ox + 1);
+            const uint8_t *corner = src + sfpn_pixel(s, (int)oy * st + 1, ox * st + 1);
+            for (int ch = 0; ch < c; ch += 16) {
+                uint8x16_t m = vld1q_u8(corner + ch);
+                for (int dy = 0; dy < k; dy++)
+                    for (int dx = 0; dx < k; dx++) m = vmaxq_u8(m, vld1q_u8(corner + dy * row + dx * c + ch));
+                vst1q_u8(out + ch, m);
+            }
+        }
+}
+
 static size_t sfpn_pack_size_dot(const sfpn_ebuf *s, sfpn_eop *op) { return sfpn_neon_pack_size(s, op, 1); }
 static size_t sfpn_pack_size_v80(const sfpn_ebuf *s, sfpn_eop *op) { return sfpn_neon_pack_size(s, op, 0); }
 static void sfpn_pack_dot(const sfpn_ebuf *s, sfpn_eop *op, uint8_t *mem) { sfpn_neon_pack(s, op, mem, 1); }
@@ -482,12 +509,12 @@ static int sfpn_cpu_has_dotprod(void) {
 
 static const sfpn_isa sfpn_isa_dot = {
     .name = "neon-dotprod", .available = sfpn_cpu_has_dotprod, .conv = sfpn_conv_dot, .dwconv = sfpn_dwconv_dot,
-    .maxpool = sfpn_maxpool_portable, .conv_gap = sfpn_conv_gap_dot, .peak = NULL,
+    .maxpool = sfpn_maxpool_neon, .conv_gap = sfpn_conv_gap_dot, .peak = NULL,
     .pack_size = sfpn_pack_size_dot, .pack = sfpn_pack_dot};
 
 static const sfpn_isa sfpn_isa_v80 = {
     .name = "neon", .available = sfpn_isa_always, .conv = sfpn_conv_v80, .dwconv = sfpn_dwconv_v80,
-    .maxpool = sfpn_maxpool_portable, .conv_gap = sfpn_conv_gap_v80, .peak = NULL,
+    .maxpool = sfpn_maxpool_neon, .conv_gap = sfpn_conv_gap_v80, .peak = NULL,
     .pack_size = sfpn_pack_size_v80, .pack = sfpn_pack_v80};
 #endif
 #endif
