@@ -97,10 +97,10 @@ class Choice:
 # counts under QEMU and a cost model (tools/arm64-cost; README "ARM speed"), not measured on a Pi.
 # "dot": Raspberry Pi 5 (Cortex-A76, armv8.2 dot product); "armv8.0": Raspberry Pi 4 (Cortex-A72).
 ARM_ESTIMATES = {
-    "dot": {("native", "int8"): 5.13, ("litert", "int8"): 5.28, ("onnxruntime", "int8"): 5.86,
+    "dot": {("native", "int8"): 5.18, ("litert", "int8"): 5.28, ("onnxruntime", "int8"): 5.86,
             ("litert", "fp32"): 13.79, ("onnxruntime", "fp32"): 14.54},
-    "armv8.0": {("native", "int8"): 22.03, ("onnxruntime", "int8"): 25.76, ("litert", "int8"): 31.12,
-                ("litert", "fp32"): 20.02, ("onnxruntime", "fp32"): 22.30},
+    "armv8.0": {("native", "int8"): 22.25, ("onnxruntime", "int8"): 25.76, ("litert", "int8"): 31.12,
+                ("litert", "fp32"): 20.02, ("onnxruntime", "fp32"): 22.33},
 }
 ARM_BOARD = {"dot": "Pi 5 (dot product)", "armv8.0": "Pi 4 (armv8.0, no dot product)"}
 ARM_NAMES = {"native": "native", "litert": "LiteRT", "onnxruntime": "ONNX Runtime"}
