@@ -12,7 +12,7 @@ import queue
 import numpy as np
 
 cimport numpy as cnp
-from libc.stdint cimport int8_t, uint8_t
+from libc.stdint cimport int8_t, int32_t, uint8_t
 from libc.stdlib cimport free, malloc
 
 cnp.import_array()
@@ -31,10 +31,17 @@ cdef extern from "engine_c.h" nogil:
         int cin, cout, kernel, stride, mult
         const int8_t *w_vnni
         const int8_t *w_port
+        const int8_t *w_arm
+        const int32_t *corr
+        size_t arm_block
         const float *scale
         const float *bias
     ctypedef struct sfpn_isa:
         const char *name
+        int (*available)()
+        size_t (*pack_size)(const sfpn_ebuf *src, sfpn_eop *op)
+        void (*pack)(const sfpn_ebuf *src, sfpn_eop *op, uint8_t *mem)
+    const sfpn_isa *sfpn_isas[]
     ctypedef struct sfpn_eplan:
         int nbuf, nop, out_dim
         const sfpn_isa *isa
@@ -48,6 +55,7 @@ cdef extern from "engine_c.h" nogil:
         pass
     int sfpn_cpu_has_vnni()
     const sfpn_isa *sfpn_engine_isa(int portable)
+    const sfpn_isa *sfpn_engine_isa_named(const char *name)
     double sfpn_int8_peak(long rounds)
     void sfpn_engine_init_arena(const sfpn_eplan *pl, uint8_t *arena, size_t nbytes)
     void sfpn_engine_run(const sfpn_eplan *pl, const float *x, float *out, uint8_t *arena, float *sums,
@@ -72,6 +80,17 @@ _KINDS = {"conv": SFPN_OP_CONV, "dwconv": SFPN_OP_DWCONV, "maxpool": SFPN_OP_MAX
 def cpu_has_vnni():
     """True when this CPU runs the AVX-512 VNNI kernels."""
     return bool(sfpn_cpu_has_vnni())
+
+
+def isas():
+    """Names of the code paths this CPU runs, fastest first (the last, "portable", runs everywhere)."""
+    names, i = [], 0
+    while True:
+        if sfpn_isas[i].available():
+            names.append(sfpn_isas[i].name.decode())
+        if sfpn_isas[i].name == b"portable":
+            return names
+        i += 1
 
 
 def int8_peak_macs(long rounds=20_000_000):
@@ -157,13 +176,16 @@ cdef class Int8Engine:
     """Run a checked int8 plan: ``run(x float32 [N, 3, H, W]) -> float32 [N, D]``.
 
     ``threads`` > 1 splits every image over that many threads (one team per concurrent caller);
-    results are identical for any thread count. ``portable`` skips the VNNI kernels. ``isa``:
-    the code path this engine runs ("avx512vnni" or "portable"). An engine is built once: a
+    results are identical for any thread count. ``portable`` runs the portable loops; ``isa``
+    (one of ``isas()``) asks for a code path by name; by default the fastest this CPU runs.
+    Attribute ``isa``: the code path this engine runs ("avx512vnni", "neon-dotprod", "neon" or
+    "portable"). An engine is built once: a
     second ``__init__`` raises RuntimeError (other threads may be running its plan).
     """
     cdef sfpn_eplan plan
     cdef sfpn_ebuf *bufs
     cdef sfpn_eop *ops
+    cdef const sfpn_isa *table
     cdef size_t arena_bytes
     cdef int sums_len
     cdef object keep
@@ -181,9 +203,15 @@ cdef class Int8Engine:
         free(self.bufs)
         free(self.ops)
 
-    def __init__(self, dict plan, dict arrays, bint portable=False, int threads=1):
+    def __init__(self, dict plan, dict arrays, bint portable=False, int threads=1, str isa=None):
         if self.plan.isa != NULL:
             raise RuntimeError("this Int8Engine is already built; create a new one for another plan")
+        if isa is not None:
+            self.table = sfpn_engine_isa_named(isa.encode())
+            if self.table == NULL:
+                raise ValueError(f"code path {isa!r} does not run on this CPU; this one runs {isas()}")
+        else:
+            self.table = sfpn_engine_isa(portable)
         if not 1 <= threads <= SFPN_ENGINE_MAX_THREADS:
             raise ValueError(f"threads must be in [1, {SFPN_ENGINE_MAX_THREADS}], got {threads}")
         self.threads = threads
@@ -212,7 +240,7 @@ cdef class Int8Engine:
         self.out_dim = self.plan.out_dim
         self.input_shape = (3, self.bufs[0].h, self.bufs[0].w)
         self.idle = queue.SimpleQueue()
-        self.plan.isa = sfpn_engine_isa(portable)   # last: marks the engine built
+        self.plan.isa = self.table   # last: marks the engine built
         self.isa = self.plan.isa.name.decode()
 
     cdef _buffers(self, list buffers):
@@ -262,7 +290,8 @@ cdef class Int8Engine:
         cdef sfpn_ebuf *s = &self.bufs[o.src]
         cdef sfpn_ebuf *d = &self.bufs[o.dst]
         o.src_c0, o.dst_c0, o.kernel, o.stride, o.mult = 0, 0, 1, 1, 1
-        o.w_vnni = o.w_port = NULL
+        o.w_vnni = o.w_port = o.w_arm = NULL
+        o.corr = NULL
         o.scale = o.bias = NULL
         if kind == "maxpool":
             o.kernel = _int(op, "kernel", where, 1, MAX_SIDE)
@@ -316,6 +345,10 @@ cdef class Int8Engine:
         self.keep += [scale, bias]
         o.scale = <const float *>cnp.PyArray_DATA(scale)
         o.bias = <const float *>cnp.PyArray_DATA(bias)
+        if self.table.pack != NULL:   # NEON: weights repacked from the portable layout
+            packed = _aligned(np.zeros(self.table.pack_size(s, o), np.uint8))
+            self.keep.append(packed)
+            self.table.pack(s, o, <uint8_t *>cnp.PyArray_DATA(packed))
 
     cdef _weights(self, sfpn_eop *o, vnni, port):
         vnni, port = _aligned(vnni), _aligned(port)   # C-order, 64-byte aligned copies of any layout

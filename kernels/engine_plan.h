@@ -22,26 +22,34 @@ typedef struct {
     int cin, cout, kernel, stride, mult;
     const int8_t *w_vnni;       /* weights packed for the VNNI kernels */
     const int8_t *w_port;       /* weights for the portable loops */
+    const int8_t *w_arm;        /* weights packed for the NEON kernels (engine_neon.h) */
+    const int32_t *corr;        /* NEON: per output channel, 128 * sum of its weights */
+    size_t arm_block;           /* NEON conv: bytes per packed channel block */
+    int arm_pair;               /* armv8.0 conv: no weight is -128 (two products fit in int16) */
     const float *scale, *bias;  /* per output channel, zero-padded to a multiple of 16 */
 } sfpn_eop;
 
-/* Thread ``tid`` of ``n`` takes items [*lo, *hi) of ``count``. */
+/* Share ``tid`` of ``n`` takes items [*lo, *hi) of ``count`` (a thread team's chunks; {0, 1}: all). */
 typedef struct { int tid, n; } sfpn_part;
 
 typedef struct sfpn_eplan sfpn_eplan;
-typedef struct sfpn_team sfpn_team;
 typedef void (*sfpn_op_fn)(const sfpn_eplan *pl, const sfpn_eop *op, uint8_t *arena, sfpn_part part);
 
-/* One instruction set's kernels, picked once per engine (sfpn_engine_isa). Each runs this member's
- * share of one op; conv_gap also zeroes its share of ``sums``, writes that share of ``out`` and
- * may meet the team at a barrier. */
+/* One instruction set's kernels, picked once per engine (sfpn_engine_isa). Each runs one share of
+ * one op; conv_gap also zeroes its share of ``sums`` and writes that share of ``out``. gap_prep
+ * (NULL: none) is a step every share of it finishes before any conv_gap share starts. */
 typedef struct {
     const char *name;
     int (*available)(void);     /* does this CPU run it? */
     sfpn_op_fn conv, dwconv, maxpool;
     void (*conv_gap)(const sfpn_eplan *pl, const sfpn_eop *op, uint8_t *arena, float *sums, float *out,
-                     sfpn_part part, sfpn_team *team);
+                     sfpn_part part);
+    sfpn_op_fn gap_prep;
     double (*peak)(long rounds);   /* int8 MACs per second on one core; NULL: not measured */
+    /* Extra weight packing at engine build (NULL: none): pack_size(src buffer, op) bytes, then
+     * pack(src, op, mem) with mem 64-byte aligned and kept for the engine's life. */
+    size_t (*pack_size)(const sfpn_ebuf *src, sfpn_eop *op);
+    void (*pack)(const sfpn_ebuf *src, sfpn_eop *op, uint8_t *mem);
 } sfpn_isa;
 
 struct sfpn_eplan {

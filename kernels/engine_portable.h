@@ -129,9 +129,8 @@ static void sfpn_conv_portable(const sfpn_eplan *pl, const sfpn_eop *op, uint8_t
 }
 
 static void sfpn_conv_gap_portable(const sfpn_eplan *pl, const sfpn_eop *op, uint8_t *arena, float *sums,
-                                   float *out, sfpn_part part, sfpn_team *team) {
+                                   float *out, sfpn_part part) {
     ptrdiff_t o0, o1;
-    (void)team;
     sfpn_gap_begin(op, sums, 16, part, &o0, &o1);
     sfpn_conv_loops(pl, op, arena, sums, part);
     sfpn_gap_end(pl, op, sums, out, o0, o1);

@@ -6,7 +6,6 @@
 #include <time.h>
 #include "engine_plan.h"
 #include "engine_portable.h"
-#include "engine_team.h"
 #define SFPN_ENGINE_X86 1
 #define SFPN_UNROLL _Pragma("GCC unroll 32")
 #define SFPN_DPBUSD(acc, u8, s8) __asm__("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(u8), "v"(s8))
@@ -152,15 +151,13 @@ static void sfpn_dense_copy(const sfpn_eplan *pl, const sfpn_eop *op, uint8_t *a
                    (size_t)op->cin);
 }
 
-/* VNNI conv_gap on the dense copy (no junk pixel may enter the average): the team copies the
- * input, then each member takes its share of the 64-channel output blocks. */
+/* VNNI conv_gap on the dense copy (gap_prep: no junk pixel may enter the average), a share of the
+ * 64-channel output blocks. */
 static void sfpn_conv_gap_vnni(const sfpn_eplan *pl, const sfpn_eop *op, uint8_t *arena, float *sums, float *out,
-                               sfpn_part part, sfpn_team *team) {
+                               sfpn_part part) {
     const sfpn_ebuf *s = &pl->bufs[op->src];
     ptrdiff_t tap = 0, o0, o1;
     int K = op->cin, np = sfpn_pad16(op->cout);
-    sfpn_dense_copy(pl, op, arena, part);
-    sfpn_barrier(team);   /* the copy is complete */
     sfpn_gap_begin(op, sums, 64, part, &o0, &o1);
     for (ptrdiff_t n0 = o0; n0 < o1; n0 += 64) {
         int nb = (np - n0) / 16 < 4 ? (int)(np - n0) / 16 : 4;
@@ -279,6 +276,7 @@ SFPN_VNNI static double sfpn_vnni_peak(long rounds) {
 
 static const sfpn_isa sfpn_isa_vnni = {
     .name = "avx512vnni", .available = sfpn_cpu_has_vnni, .conv = sfpn_conv_vnni, .dwconv = sfpn_dwconv_vnni,
-    .maxpool = sfpn_maxpool_vnni, .conv_gap = sfpn_conv_gap_vnni, .peak = sfpn_vnni_peak};
+    .maxpool = sfpn_maxpool_vnni, .conv_gap = sfpn_conv_gap_vnni, .gap_prep = sfpn_dense_copy,
+    .peak = sfpn_vnni_peak};
 #endif
 #endif

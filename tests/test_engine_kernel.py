@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 
 from native_reference import native_reference
-from sfpn_edge.kernels.engine import MAX_THREADS, Int8Engine, cpu_has_vnni
+from sfpn_edge.kernels.engine import MAX_THREADS, Int8Engine, cpu_has_vnni, isas
 
 MEAN = [131.0912, 103.8827, 91.4953]
 
 
-def fire_plan(rng, h=23, w=19, s=16, e=32, d=40, m=4, cin=64):
+def fire_plan(rng, h=23, w=19, s=16, e=32, d=40, m=4, cin=64, low=-127):
     """A small plan: conv3x3 -> maxpool -> squeeze -> [expand1x1 | depthwise] -> conv_gap."""
     ph, pw = (h - 3) // 2 + 1, (w - 3) // 2 + 1
     buffers = [dict(h=h, w=w, c=4), dict(h=h, w=w, c=cin), dict(h=ph, w=pw, c=cin),
@@ -39,7 +39,7 @@ def fire_plan(rng, h=23, w=19, s=16, e=32, d=40, m=4, cin=64):
         else:
             k = op.get("kernel", 1)
             shape, n = (op["cout"], k * k, op["cin"]), op["cout"]
-        w8 = rng.integers(-127, 128, shape).astype(np.int8)
+        w8 = rng.integers(low, 128, shape).astype(np.int8)
         arrays[f"op{i}.w"] = w8
         # scales that keep requantized bytes spread over 0..255 (neither all 0 nor all 255)
         arrays[f"op{i}.scale"] = (rng.uniform(0.5, 2.0, n) / (w8[0].size * 40)).astype(np.float32)
@@ -85,16 +85,41 @@ def test_code_paths_and_thread_counts_agree_bit_for_bit(shape):
     plan, arrays = fire_plan(rng, **shape)
     x = crops(rng, plan)
     want = Int8Engine(plan, arrays, portable=True).run(x)
-    for portable in (False, True):
+    for isa in isas():
         for threads in (1, 2, 3):
-            got = Int8Engine(plan, arrays, portable=portable, threads=threads).run(x)
-            assert np.array_equal(got, want), (portable, threads)
+            got = Int8Engine(plan, arrays, isa=isa, threads=threads).run(x)
+            assert np.array_equal(got, want), (isa, threads)
+
+
+@pytest.mark.parametrize("isa", isas())
+def test_code_paths_agree_over_the_whole_int8_range(isa):
+    # -128 weights times 0 activations: the products the NEON tables' sign flip makes extreme
+    rng = np.random.default_rng(11)
+    plan, arrays = fire_plan(rng, h=17, w=15, low=-128)
+    x = crops(rng, plan)
+    x[:, :, 3:9] = -200.0    # a dark patch: zero input bytes
+    want = Int8Engine(plan, arrays, portable=True).run(x)
+    assert np.array_equal(Int8Engine(plan, arrays, isa=isa).run(x), want)
+
+
+def test_an_oversubscribed_team_gives_the_same_bytes():
+    # 8 threads on a small machine: members are late or preempted mid-image, chunks move between them
+    rng = np.random.default_rng(5)
+    plan, arrays = fire_plan(rng, h=31, w=29)
+    x = crops(rng, plan, n=6)
+    want = Int8Engine(plan, arrays, threads=1).run(x)
+    team = Int8Engine(plan, arrays, threads=8)
+    for _ in range(5):
+        assert np.array_equal(team.run(x), want)
 
 
 def test_reports_its_code_path():
     plan, arrays = fire_plan(np.random.default_rng(0))
     assert Int8Engine(plan, arrays, portable=True).isa == "portable"
-    assert Int8Engine(plan, arrays).isa == ("avx512vnni" if cpu_has_vnni() else "portable")
+    assert Int8Engine(plan, arrays).isa == isas()[0]
+    assert isas()[-1] == "portable" and (cpu_has_vnni() == ("avx512vnni" in isas()))
+    with pytest.raises(ValueError, match="does not run on this CPU"):
+        Int8Engine(plan, arrays, isa="no-such-isa")
 
 
 def test_batch_rows_are_independent_and_repeatable():

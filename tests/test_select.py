@@ -54,7 +54,7 @@ X86_AVX2 = platform_info.PlatformInfo("Linux", "x86_64", "old x86", 4, ("avx2", 
         (env(X86_AVX2), "cpu", "openvino", "CPU"),             # no VNNI: OpenVINO's int8
         (env(X86_AVX2, ov=None), "auto", "onnxruntime", "CPU"),
         (env(ov=("CPU", "NPU")), "auto", "openvino", "NPU"),   # an NPU still wins for auto
-        (env(ARM, ov=None, ort=ORT_XNN), "cpu", "onnxruntime", "XNNPACK"),
+        (Environment(ARM, None, ORT_XNN, native=False), "cpu", "onnxruntime", "XNNPACK"),   # ARM: the estimates
     ],
 )
 def test_int8_policy(machine, target, backend, device):
@@ -64,27 +64,47 @@ def test_int8_policy(machine, target, backend, device):
         assert "VNNI" in choice.reason
 
 
+PI4 = platform_info.PlatformInfo("Linux", "aarch64", "pi 4", 4, ("asimd",))
+
+
+def fastest(core, precision, usable):
+    return min(usable, key=lambda b: select.ARM_ESTIMATES[core].get((b, precision), float("inf")))
+
+
 def test_arm_prefers_litert_when_installed_and_says_why():
-    machine = Environment(ARM, None, ORT_CPU, {}, "2.3.0")
+    machine = Environment(ARM, None, ORT_CPU, {}, "2.3.0", native=False)
     for precision in ("fp32", "fp16", "int8"):
         choice = choose("arm", machine, precision=precision)
-        assert (choice.backend, choice.device) == ("litert", "CPU")
-        assert "LiteRT 2.3.0" in choice.reason and "estimates, not measured on a Pi" in choice.reason
-    assert choose("auto", machine).backend == "litert"
+        assert choice.backend == fastest("dot", precision, ["litert", "onnxruntime"])
+        assert "not measured on a Pi" in choice.reason
+    assert "LiteRT 2.3.0" in choose("arm", machine, precision="fp16").reason   # no estimate: LiteRT first
+    assert choose("auto", machine).backend == choose("arm", machine).backend
     assert choose("arm", machine, precision="bf16").backend == "onnxruntime"     # LiteRT has no bf16
     assert choose("arm", Environment(ARM, None, None, {}, "2.3.0")).backend == "litert"   # no ORT needed
     assert "sfpn-edge[litert]" in choose("arm", env(ARM, ort=ORT_CPU)).reason
     assert choose("cpu", Environment(X86, ("CPU",), ORT_CPU, {}, "2.3.0")).backend == "openvino"   # x86: as before
 
 
-def test_arm_without_dot_products_runs_int8_on_onnxruntime():
-    pi4 = platform_info.PlatformInfo("Linux", "aarch64", "pi 4", 4, ("asimd",))
-    machine = Environment(pi4, None, ORT_CPU, {}, "1.4.0")
-    int8 = choose("arm", machine, precision="int8")
-    assert (int8.backend, int8.device) == ("onnxruntime", "CPU") and "no asimddp" in int8.reason
-    assert choose("arm", machine, precision="fp32").backend == "litert"
-    assert choose("arm", Environment(pi4, None, None, {}, "1.4.0"), precision="int8").backend == "litert"  # no ORT
-    assert choose("arm", Environment(ARM, None, ORT_CPU, {}, "1.4.0"), precision="int8").backend == "litert"
+@pytest.mark.parametrize("platform, core", [(ARM, "dot"), (PI4, "armv8.0")])
+def test_arm_int8_follows_the_estimates(platform, core):
+    every = Environment(platform, None, ORT_CPU, {}, "1.4.0")
+    choice = choose("arm", every, precision="int8")
+    assert choice.backend == fastest(core, "int8", ["native", "litert", "onnxruntime"])
+    assert select.ARM_BOARD[core] in choice.reason and "ms" in choice.reason
+    if choice.backend == "native":
+        assert ("SDOT" in choice.reason) == (core == "dot")
+    without_native = Environment(platform, None, ORT_CPU, {}, "1.4.0", native=False)
+    assert choose("arm", without_native, precision="int8").backend == fastest(core, "int8", ["litert", "onnxruntime"])
+    assert choose("arm", Environment(platform, None, None, {}, "1.4.0", native=False),
+                  precision="int8").backend == "litert"   # no ORT
+
+
+def test_arm_choice_moves_with_the_numbers(monkeypatch):
+    machine = Environment(PI4, None, ORT_CPU, {}, "1.4.0")
+    for best in ("native", "litert", "onnxruntime"):
+        table = {(b, "int8"): (1.0 if b == best else 9.0) for b in ("native", "litert", "onnxruntime")}
+        monkeypatch.setitem(select.ARM_ESTIMATES, "armv8.0", table)
+        assert choose("arm", machine, precision="int8").backend == best
 
 
 def test_reason_names_the_deciding_facts():
@@ -190,7 +210,9 @@ X86_AVX_VNNI = platform_info.PlatformInfo("Linux", "x86_64", "vnni, no avx-512",
         (Environment(X86_AVX_VNNI, ("CPU",), ORT_CPU, {}, "1.4.0"), PASSED, "litert", "int8", "as accurate as fp32"),
         (Environment(X86_AVX_VNNI, ("CPU",), ORT_CPU, {}, "1.4.0"), {**PASSED, "litert": "the litert int8 file changed"},
          "openvino", "int8", "openvino int8 file passed"),
-        (Environment(ARM, None, ORT_CPU, {}, "1.4.0"), PASSED, "litert", "int8", "litert int8 file passed"),
+        (Environment(ARM, None, ORT_CPU, {}, "1.4.0"), PASSED, "native", "int8", "native int8 file passed"),
+        (Environment(ARM, None, ORT_CPU, {}, "1.4.0"), {**PASSED, "native": "the native int8 file changed"},
+         "litert", "int8", "litert int8 file passed"),
         (Environment(PI4, None, ORT_CPU, {}, "1.4.0"), PASSED, "litert", "fp32", "no int8 dot-product"),
         (env(ov=("CPU", "NPU")), PASSED, "openvino", "int8", "openvino int8 file passed"),
     ],

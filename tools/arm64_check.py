@@ -145,14 +145,16 @@ def run_topk(out: str) -> None:
 
 
 def run_embed(out: str, model_dir: str, crops: list, backend: str) -> None:
-    """fp32 descriptors of ``crops`` (113x113 images, copied through the warp kernel)."""
+    """Descriptors of ``crops`` (113x113 images, copied through the warp kernel): fp32, int8 for
+    the native engine (whose code paths must agree bit for bit across ISAs)."""
     import numpy as np
 
     from sfpn_edge.align import crop_batch
     from sfpn_edge.embed import FaceEmbedder
     from sfpn_edge.io import read_image
 
-    embedder = FaceEmbedder(model_dir, backend=backend, precision="fp32", threads=1)
+    precision = "int8" if backend == "native" else "fp32"
+    embedder = FaceEmbedder(model_dir, backend=backend, precision=precision, threads=1)
     size = embedder.input_size[0]
     images = [read_image(path) for path in crops]
     bad = [str(p) for p, im in zip(crops, images) if im.shape[:2] != (size, size)]
@@ -160,12 +162,14 @@ def run_embed(out: str, model_dir: str, crops: list, backend: str) -> None:
         raise SystemExit(f"example crops must be {size}x{size}: {bad}")
     identity = np.repeat(np.eye(2, 3)[None], len(images), axis=0)
     batch = crop_batch(images, identity, size=size, mean=tuple(embedder.mean))
-    np.savez(out, inputs=batch, descriptors=embedder.embed(batch), backend=backend, arch=platform.machine())
-    print(f"{backend} descriptors on {platform.machine()}: written {out}")
+    isa = embedder.model.describe().get("isa", "")
+    np.savez(out, inputs=batch, descriptors=embedder.embed(batch), backend=backend, arch=platform.machine(), isa=isa)
+    print(f"{backend} {precision} descriptors on {platform.machine()} {isa}: written {out}")
 
 
 def compare(host: str, arm: str) -> int:
-    """Print and check x86 vs aarch64: top-k identical, descriptors within EMBED_REL_TOL."""
+    """Print and check x86 vs aarch64: top-k identical, descriptors within EMBED_REL_TOL, the
+    native int8 engine's identical (embed_native-CPU.npz on aarch64 vs embed_native.npz on x86)."""
     import numpy as np
 
     failures, report = [], {}
@@ -183,14 +187,18 @@ def compare(host: str, arm: str) -> int:
         failures.append("int8 kernel scores differ by more than 1e-6")
     for path in sorted(Path(arm).glob("embed_*.npz")):
         a = np.load(path)
-        h = np.load(Path(host) / path.name)
+        h = np.load(Path(host) / (path.stem.split("-")[0] + ".npz"))
         hd, ad = h["descriptors"].astype(np.float64), a["descriptors"].astype(np.float64)
         diff = float(np.abs(hd - ad).max())
         rel = diff / float(np.abs(hd).max())
         cos = float(((hd * ad).sum(1) / np.linalg.norm(hd, axis=1) / np.linalg.norm(ad, axis=1)).min())
         report[path.stem] = {"inputs_max_abs_diff": float(np.abs(h["inputs"] - a["inputs"]).max()),
                              "descriptor_max_abs_diff": diff, "relative": rel, "min_cosine": cos}
-        if rel > EMBED_REL_TOL:
+        if "isa" in a.files:
+            report[path.stem].update(x86_isa=str(h["isa"]), arm_isa=str(a["isa"]))
+        if path.stem.startswith("embed_native") and diff != 0.0:
+            failures.append(f"{path.stem}: the native int8 engine differs from x86 (max-abs-diff {diff:.2e})")
+        elif rel > EMBED_REL_TOL:
             failures.append(f"{path.stem}: relative max-abs-diff {rel:.2e} > {EMBED_REL_TOL:g}")
     if not list(Path(arm).glob("embed_*.npz")):
         failures.append("no aarch64 descriptors to compare")

@@ -95,34 +95,58 @@ class Choice:
         return out if self.precision is None else {**out, "precision": self.precision}
 
 
-ARM_ORDER = ("ARM order, from instruction counts under QEMU and a cost model (tools/arm64-cost; estimates, "
-             "not measured on a Pi): per face, Pi 5 LiteRT int8 5.3 ms, ONNX Runtime int8 5.9, LiteRT fp32 13.8, "
-             "ONNX Runtime fp32 14.5; Pi 4 (no dot product) LiteRT fp32 20.0, ONNX Runtime fp32 22.3, "
-             "ONNX Runtime int8 25.8, LiteRT int8 31.1; the native engine 34 / 60")
+# ms per face on one core of each Pi, by backend and precision: emulated estimates from instruction
+# counts under QEMU and a cost model (tools/arm64-cost; README "ARM speed"), not measured on a Pi.
+# "dot": Raspberry Pi 5 (Cortex-A76, armv8.2 dot product); "armv8.0": Raspberry Pi 4 (Cortex-A72).
+ARM_ESTIMATES = {
+    "dot": {("native", "int8"): 5.18, ("litert", "int8"): 5.28, ("onnxruntime", "int8"): 5.86,
+            ("litert", "fp32"): 13.79, ("onnxruntime", "fp32"): 14.54},
+    "armv8.0": {("native", "int8"): 22.25, ("onnxruntime", "int8"): 25.76, ("litert", "int8"): 31.12,
+                ("litert", "fp32"): 20.02, ("onnxruntime", "fp32"): 22.33},
+}
+ARM_BOARD = {"dot": "Pi 5 (dot product)", "armv8.0": "Pi 4 (armv8.0, no dot product)"}
+ARM_NAMES = {"native": "native", "litert": "LiteRT", "onnxruntime": "ONNX Runtime"}
 LITERT_PRECISIONS = ("fp32", "fp16", "int8")
 
 
+def _arm_order(core: str, precision: str, usable: list) -> str:
+    """The estimates behind an ARM choice, fastest first."""
+    table = ARM_ESTIMATES[core]
+    rows = sorted((table[(b, precision)], b) for b in usable if (b, precision) in table)
+    figures = ", ".join(f"{ARM_NAMES[b]} {ms:g} ms" for ms, b in rows) or "none for this precision"
+    return (f"Estimated {precision} ms per face on a {ARM_BOARD[core]} (tools/arm64-cost: emulated "
+            f"estimates, not measured on a Pi): {figures}")
+
+
 def _arm(env: Environment, target: str, precision: str) -> Choice:
+    """The usable backend with the lowest estimate for this core and precision (LiteRT, then ONNX
+    Runtime, where no estimate exists)."""
     if not env.platform.is_arm:
         raise SfpnError(f"target 'arm' needs an ARM CPU, this machine is {env.platform.arch}; "
                         f"available targets: {available_targets(env)}")
-    slow_int8 = precision == "int8" and not env.platform.has("asimddp") and env.has_ort("CPUExecutionProvider")
-    if env.litert is not None and precision in LITERT_PRECISIONS and not slow_int8:
-        return Choice(target, "litert", "CPU", f"ARM CPU: LiteRT {env.litert} with the XNNPACK delegate. {ARM_ORDER}")
-    if not env.has_ort("CPUExecutionProvider"):
+    if env.litert is None and not env.has_ort("CPUExecutionProvider"):
         raise SfpnError(f"target 'arm' runs on LiteRT or ONNX Runtime, neither is installed ({env.summary()})")
-    if slow_int8:
-        return Choice(target, "onnxruntime", "CPU",
-                      "ARM CPU without dot-product instructions (no asimddp): ONNX Runtime's int8 kernels "
-                      f"(SMLAL) beat XNNPACK's there. {ARM_ORDER}")
+    core = "dot" if env.platform.has("asimddp") else "armv8.0"
+    usable = ((["native"] if env.native and precision == "int8" else [])
+              + (["litert"] if env.litert is not None and precision in LITERT_PRECISIONS else [])
+              + (["onnxruntime"] if env.has_ort("CPUExecutionProvider") else []))
+    table = ARM_ESTIMATES[core]
+    best = min(usable, key=lambda b: table.get((b, precision), float("inf")))   # ties: the order above
+    order = _arm_order(core, precision, usable)
+    if best == "native":
+        kernels = "SDOT dot-product" if core == "dot" else "armv8.0 widening multiply-accumulate"
+        return Choice(target, "native", "CPU", f"ARM CPU: the int8 plan on sfpn-edge's own NEON kernels "
+                                               f"({kernels}, picked from HWCAP). {order}")
+    if best == "litert":
+        return Choice(target, "litert", "CPU", f"ARM CPU: LiteRT {env.litert} with the XNNPACK delegate. {order}")
     litert = "" if env.litert is not None else f"; LiteRT is not installed ({pip_hint('litert')})"
     if env.has_ort("XnnpackExecutionProvider"):
         return Choice(target, "onnxruntime", "XNNPACK",
                       f"ARM CPU: ONNX Runtime with the XNNPACK provider (NEON kernels), CPU provider fallback"
-                      f"{litert}. {ARM_ORDER}")
+                      f"{litert}. {order}")
     return Choice(target, "onnxruntime", "CPU",
                   f"ARM CPU: ONNX Runtime CPU provider (MLAS NEON kernels); this build has no XNNPACK provider"
-                  f"{litert}. {ARM_ORDER}")
+                  f"{litert}. {order}")
 
 
 def _cpu(env: Environment, target: str, precision: str) -> Choice:
