@@ -8,6 +8,12 @@ from pathlib import Path
 from sfpn_edge.cli.output import emit
 
 
+def gallery_db(text: str):
+    """A ``--db`` value: a URL (``postgresql://…``; other schemes are refused when opened) as given,
+    anything else a file path."""
+    return text if "://" in text else Path(text)
+
+
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "gallery",
@@ -45,7 +51,7 @@ def register(subparsers) -> None:
 
 def _add(actions, name: str, summary: str, description: str, func) -> argparse.ArgumentParser:
     parser = actions.add_parser(name, help=summary, description=description)
-    parser.add_argument("db", type=Path, metavar="DB", help="gallery file")
+    parser.add_argument("db", type=gallery_db, metavar="DB", help="gallery file or postgresql:// URL")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.set_defaults(func=func)
     return parser
