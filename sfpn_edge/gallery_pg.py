@@ -185,6 +185,7 @@ class PgStore:
     @contextlib.contextmanager
     def _transaction(self):
         committing = False
+        self._query("SELECT 1")  # a connection lost since the last call is replaced before writing
         try:
             with self._db.conn.transaction():
                 self._db.execute("SELECT pg_advisory_xact_lock(?)", (LOCK_KEY,))

@@ -1,8 +1,10 @@
 """The gallery on a real PostgreSQL + pgvector server (``postgresql://`` URLs)."""
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -75,3 +77,84 @@ def test_psycopg_is_imported_only_for_a_url(tmp_path, pg_url):
     for db, imported in ((str(tmp_path / "g.db"), "False"), (pg_url, "True")):
         out = subprocess.run([sys.executable, "-c", code, db], capture_output=True, text=True, check=True)
         assert out.stdout.strip() == imported
+
+
+WORKER = """
+import sys, numpy as np
+from sfpn_edge.gallery import FaceGallery
+url, worker, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+rng = np.random.default_rng(worker)
+with FaceGallery(url, model_sha256={sha!r}, dim={dim}) as g:
+    for j in range(count):
+        vectors = rng.random((2, {dim})).astype(np.float32)
+        g.enroll(f"w{{worker}}-{{j:03d}}", vectors, calibrate=False)
+        assert g.identify(vectors[0], k=1)[0].name == f"w{{worker}}-{{j:03d}}"  # sees its own write
+        print(j, flush=True)
+""".format(sha=SHA, dim=DIM)
+
+
+def worker(url: str, n: int, count: int) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", WORKER, url, str(n), str(count)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def test_four_devices_enrolling_at_once_lose_nothing(pg_url):
+    with FaceGallery(pg_url, model_sha256=SHA, dim=DIM) as g:
+        g.enroll("keep", np.ones(DIM, np.float32))
+        g.identify(np.ones(DIM, np.float32))
+        procs = [worker(pg_url, n, 25) for n in range(4)]
+        for proc in procs:
+            _, err = proc.communicate(timeout=300)
+            assert proc.returncode == 0, err
+        assert len(g) == 101 and len(g.identify(np.ones(DIM, np.float32), k=200)) == 101  # index refreshed
+        assert sorted(i.images for i in g.identities()) == [1] + [2] * 100
+        assert g._row_changes() == 201
+
+
+def test_a_client_killed_mid_enrolment_loses_nothing_else(pg_url):
+    with FaceGallery(pg_url, model_sha256=SHA, dim=DIM) as g:
+        g.enroll("keep", np.ones(DIM, np.float32))
+        proc = worker(pg_url, 1, 10_000)
+        for _ in range(5):
+            proc.stdout.readline()
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        g.enroll("after", np.ones(DIM, np.float32))  # the lock died with the killed client's session
+        names = {i.name: i.images for i in g.identities()}
+        assert names.pop("keep") == 1 and names.pop("after") == 1
+        assert len(names) >= 5 and set(names.values()) == {2}
+        assert g._row_changes() == 2 + 2 * len(names)
+
+
+def test_a_terminated_connection_is_replaced_for_reads_and_writes(pg_server, pg_url):
+    vectors = people(3, 2)
+    with FaceGallery(pg_url, model_sha256=SHA, dim=DIM) as g:
+        g.enroll_many(list(vectors.items()))
+        name = pg_url.split("?")[0].split("/")[-1]
+        assert "1 row" in pg_server.psql(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                                         f"WHERE datname = '{name}' AND pid <> pg_backend_pid();")
+        assert len(g) == 3 and g.identify(vectors["p001"][0], k=1)[0].name == "p001"
+        pg_server.psql(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}' "
+                       "AND pid <> pg_backend_pid();")
+        g.enroll("ada", vectors["p000"][0] + 1)
+        assert "ada" in g
+
+
+def test_a_stopped_server_is_a_clear_error_without_the_password(tmp_path):
+    pgserver = pytest.importorskip("pgserver", reason="pgserver (PostgreSQL + pgvector wheel) is x86_64 only")
+    server = pgserver.get_server(tmp_path / "pg", cleanup_mode="stop")
+    url = server.get_uri("postgres").replace("postgres:@", "postgres:s3cret@")
+    g = FaceGallery(url, model_sha256=SHA, dim=DIM)
+    g.enroll("ada", np.ones(DIM, np.float32))
+    server.cleanup()
+    started = time.monotonic()
+    with pytest.raises(GalleryError, match=r"postgresql://postgres@/tmp/.*/postgres: gallery server unreachable "
+                                           r"after 5 attempts") as read:
+        g.identify(np.ones(DIM, np.float32))
+    assert 1.5 < time.monotonic() - started < 10
+    with pytest.raises(GalleryError, match="unreachable") as write:
+        g.enroll("bob", np.ones(DIM, np.float32))
+    with pytest.raises(GalleryError, match="cannot open gallery") as reopen:
+        FaceGallery(url, model_sha256=SHA, dim=DIM)
+    assert all("s3cret" not in str(e.value) for e in (read, write, reopen))
+    g.close()
