@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from sfpn_edge.cli.common import add_model_options, add_pipeline_options, make_verifier
-from sfpn_edge.cli.gallery import describe_gallery_calibration, gallery_db
+from sfpn_edge.cli.gallery import describe_gallery_calibration, gallery_db, shown
 from sfpn_edge.cli.output import emit
 from sfpn_edge.cli.verify import describe_face
 
@@ -79,7 +79,7 @@ def run_photos(args: argparse.Namespace) -> int:
         if gallery is not None:
             gallery.close()
     result = {
-        "db": str(args.db),
+        "db": shown(args.db),
         "name": args.name,
         "added": len(kept),
         "images": stored,

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from sfpn_edge.cli.common import (EVERY_FACE, add_model_options, add_pipeline_options, add_threshold_options,
                                   describe_genuine_accept, make_verifier)
-from sfpn_edge.cli.gallery import describe_gallery_calibration, gallery_db
+from sfpn_edge.cli.gallery import describe_gallery_calibration, gallery_db, shown
 from sfpn_edge.cli.output import emit
 from sfpn_edge.cli.verify import describe_face, format_timings
 
@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
 def _record(args: argparse.Namespace, image: Path, results: list, timings: dict, op, size: int, verifier,
             own: dict) -> dict:
     """The result for one photo (``--face-policy all``: every face under 'results')."""
-    record = {"image": str(image), "db": str(args.db), "face_policy": args.face_policy}
+    record = {"image": str(image), "db": shown(args.db), "face_policy": args.face_policy}
     if args.face_policy == "all":
         record["results"] = [r.to_dict() for r in results]
     else:
