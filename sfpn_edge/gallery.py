@@ -164,7 +164,6 @@ class FaceGallery:
     # -- opening ---------------------------------------------------------------------------
 
     _DB_ERRORS: tuple = (sqlite3.DatabaseError,)
-    _VECTOR = "vector"  # the vector column as selected
 
     def _open_store(self, path: Union[str, os.PathLike], create: bool) -> None:
         """Open (``create``: make) the file at ``path``, checked; upgraded when opened for writing."""
@@ -356,7 +355,7 @@ class FaceGallery:
         """
         self._require_writable()
         with self._snapshot() as db:
-            rows = db.execute(f"SELECT i.name, e.{self._VECTOR}, e.checksum FROM embeddings e JOIN identities i "
+            rows = db.execute("SELECT i.name, e.vector, e.checksum FROM embeddings e JOIN identities i "
                               "ON i.id = e.identity ORDER BY i.id, e.id").fetchall()
             changes = self._row_changes(db)
         cal = None
@@ -471,14 +470,13 @@ class FaceGallery:
                 raise GalleryError(f"{self.path}: {old!r} is not enrolled")
             if db.execute("SELECT 1 FROM identities WHERE name = ?", (new,)).fetchone():
                 raise GalleryError(f"{self.path}: {new!r} is already enrolled; remove it first")
-            rows = [(ident, self._blob(vector), checksum) for ident, vector, checksum in db.execute(
-                f"SELECT id, {self._VECTOR}, checksum FROM embeddings WHERE identity = ?",
-                (row[0],)).fetchall()]  # writable: upgraded, so every row has a checksum
-            for _, blob, checksum in rows:
-                self._vector(old, blob, checksum)
+            rows = db.execute("SELECT id, vector, checksum FROM embeddings WHERE identity = ?",
+                              (row[0],)).fetchall()  # writable: upgraded, so every row has a checksum
+            for _, vector, checksum in rows:
+                self._vector(old, vector, checksum)
             db.execute("UPDATE identities SET name = ? WHERE id = ?", (new, row[0]))
             db.executemany("UPDATE embeddings SET checksum = ? WHERE id = ?",
-                           [(row_checksum(new, blob), ident) for ident, blob, _ in rows])
+                           [(row_checksum(new, self._blob(vector)), ident) for ident, vector, _ in rows])
         return Identity(new, len(rows), row[1])
 
     def _require_writable(self) -> None:
@@ -529,7 +527,7 @@ class FaceGallery:
 
     def embeddings(self, name: str) -> np.ndarray:
         """The stored (normalised) embeddings of ``name``, [n, D]; KeyError if not enrolled."""
-        rows = self._query(f"SELECT i.name, e.{self._VECTOR}, {self._checksums} FROM embeddings e JOIN identities i "
+        rows = self._query(f"SELECT i.name, e.vector, {self._checksums} FROM embeddings e JOIN identities i "
                            "ON i.id = e.identity WHERE i.name = ? ORDER BY e.id", (name,))
         if not rows:
             raise KeyError(name)
@@ -607,7 +605,7 @@ class FaceGallery:
         return self._query("PRAGMA data_version")[0][0]
 
     def _build_index(self) -> "_Index":
-        rows = self._query(f"SELECT i.name, e.{self._VECTOR}, {self._checksums} FROM embeddings e JOIN identities i "
+        rows = self._query(f"SELECT i.name, e.vector, {self._checksums} FROM embeddings e JOIN identities i "
                            "ON i.id = e.identity ORDER BY i.id, e.id")
         cal = self.stored_calibration() if self.use_calibration else None
         if not rows:

@@ -2,8 +2,8 @@
 
 ``FaceGallery("postgresql://user@host/db", ...)`` returns a ``PgGallery``: FaceGallery's logic
 (enrolment, removal, rename, self-calibration, identify) over the same tables on the server, in
-the connection's schema. Embeddings are ``vector(D)`` columns (normalised; read back as float32,
-so the row checksums are the SQLite gallery's). Binding checks (format, model sha256, descriptor
+the connection's schema. Embeddings are ``vector(D)`` columns (normalised; read back in binary as
+the same float32s, so the row checksums are the SQLite gallery's). Binding checks (format, model sha256, descriptor
 size) run before anything is written. Every write is one transaction holding a transaction-level
 advisory lock (SQLite's BEGIN IMMEDIATE: writers from many devices are serialised) and bumps meta's
 ``data_version``, which other devices compare to refresh their in-memory index.
@@ -79,10 +79,10 @@ class _Connection:
             self.conn.execute("SET default_transaction_read_only = on")
 
     def execute(self, sql: str, params: tuple = ()):
-        return self.conn.execute(sql.replace("?", "%s"), params)
+        return self.conn.execute(sql.replace("?", "%s"), params, binary=True)  # vectors as bytes
 
     def executemany(self, sql: str, rows: list) -> None:
-        with self.conn.cursor() as cursor:
+        with self.conn.cursor(binary=True) as cursor:
             cursor.executemany(sql.replace("?", "%s"), rows)
 
     def close(self) -> None:
@@ -94,7 +94,6 @@ class PgStore:
     mixes them into FaceGallery)."""
 
     _DB_ERRORS = (psycopg.Error,)
-    _VECTOR = "vector::real[]"
 
     def _open_store(self, url: str, create: bool) -> None:
         self._url, self.path, self._conn = url, server_name(url), None
@@ -158,8 +157,11 @@ class PgStore:
         return int(self._query("SELECT sum(pg_total_relation_size(t::regclass)) FROM unnest(?::text[]) t",
                                (["meta", "identities", "embeddings", "calibration"],))[0][0])
 
-    def _blob(self, stored) -> bytes:
-        return stored if isinstance(stored, bytes) else np.asarray(stored, "<f4").tobytes()
+    def _blob(self, stored: bytes) -> bytes:
+        """pgvector's binary form (int16 dim, int16 unused, big-endian float32s) as little-endian float32s."""
+        if not isinstance(stored, bytes) or len(stored) != 4 + 4 * self.dim:
+            raise GalleryError(f"{self.path}: damaged gallery: a vector is not {self.dim} float32 values")
+        return np.frombuffer(stored, ">f4", offset=4).astype("<f4").tobytes()
 
     def _vector_param(self, blob: bytes) -> str:
         """pgvector's text form; shortest round-trip decimals, so the server holds exactly these floats."""
