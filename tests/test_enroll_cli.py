@@ -196,6 +196,12 @@ def test_cli_on_a_postgresql_gallery(cli, cfp_root, tmp_path, pg_url, monkeypatc
     assert "ok (2 identities" in out and "s3cret" not in out
     assert main(["gallery", "list", pg_url, "--json"]) == 0
     assert [p["name"] for p in json.loads(capsys.readouterr().out)["identities"]] == ["ada", "dee"]
+    assert main(["gallery", "recalibrate", pg_url, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["calibration"]["state"] == "none"  # 4 photos: raw cosine
+    assert main(["gallery", "info", pg_url, "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert (info["identities"], info["embeddings"]) == (2, 4) and info["bytes"] > 0
+    assert info["db"].startswith("postgresql://postgres@/")  # the server, named without its password
     code, _, err = cli("enroll", "--db", "mysql://host/db", "--name", "x", photo(cfp_root, 54, n=1))
     assert code == 2 and "mysql:// galleries are not supported" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["people"]  # no gallery file or `mysql:` folder
