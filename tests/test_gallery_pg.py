@@ -4,6 +4,7 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -158,3 +159,21 @@ def test_a_stopped_server_is_a_clear_error_without_the_password(tmp_path):
         FaceGallery(url, model_sha256=SHA, dim=DIM)
     assert all("s3cret" not in str(e.value) for e in (read, write, reopen))
     g.close()
+
+
+def test_a_connection_lost_during_commit_is_reported_as_unknown_outcome(pg_server, pg_url):
+    with FaceGallery(pg_url, model_sha256=SHA, dim=DIM) as g:
+        g.enroll("ada", np.ones(DIM, np.float32))
+        # a deferred trigger holds COMMIT for 3 s, long enough to cut the connection in the middle of it
+        pg_server.psql(f"\\c {pg_url.split('?')[0].split('/')[-1]}\n"
+                       "CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS "
+                       "$$ BEGIN PERFORM pg_sleep(3); RETURN NULL; END $$;\n"
+                       "CREATE CONSTRAINT TRIGGER slow_commit AFTER INSERT ON identities DEFERRABLE "
+                       "INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION slow();")
+        pid = g._db.conn.info.backend_pid
+        cut = threading.Timer(1.0, pg_server.psql, [f"SELECT pg_terminate_backend({pid});"])
+        cut.start()
+        with pytest.raises(GalleryError, match="while committing: the change may or may not have been stored"):
+            g.enroll("bob", np.ones(DIM, np.float32))
+        cut.join()
+        assert [i.name for i in g.identities()] == ["ada"]  # this time it was not: the backend died first
