@@ -32,6 +32,11 @@ fails at once); opening for writing runs ``PRAGMA quick_check``; every embedding
 of it on demand. Older files (format 1: no checksums; 2: no photo hashes; 3: no calibration) are read as they are
 and upgraded in one transaction when opened for writing; ``open_gallery`` opens a file with the
 model and size recorded in it (the ``sfpn-edge gallery`` commands, which need no model).
+
+A ``postgresql://`` (or ``postgres://``) URL instead of a path opens the same gallery on a PostgreSQL
+server with pgvector, for a fleet of devices (``sfpn_edge.gallery_pg``: the store primitives behind
+``_open_store``, ``_transaction``, ``_snapshot``, ``_query``, ``_query_version`` and the vector
+conversions; everything else is this class's logic); any other ``scheme://`` is refused.
 """
 from __future__ import annotations
 
