@@ -225,6 +225,8 @@ def read_meta(url: str) -> dict:
             if not db.execute("SELECT to_regclass('meta') IS NOT NULL").fetchone()[0]:
                 raise GalleryError(f"{name}: no such gallery")
             meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
+    except psycopg.OperationalError as exc:
+        raise GalleryError(f"{name}: gallery server unreachable ({_reason(exc)})") from None
     except psycopg.Error as exc:
         raise GalleryError(f"{name}: not a readable sfpn-edge gallery ({_reason(exc)})") from None
     dim = meta.get("descriptor_dim", "")

@@ -157,7 +157,9 @@ def test_a_stopped_server_is_a_clear_error_without_the_password(tmp_path):
         g.enroll("bob", np.ones(DIM, np.float32))
     with pytest.raises(GalleryError, match="cannot open gallery") as reopen:
         FaceGallery(url, model_sha256=SHA, dim=DIM)
-    assert all("s3cret" not in str(e.value) for e in (read, write, reopen))
+    with pytest.raises(GalleryError, match="gallery server unreachable") as meta:
+        open_gallery(url)
+    assert all("s3cret" not in str(e.value) for e in (read, write, reopen, meta))
     g.close()
 
 
