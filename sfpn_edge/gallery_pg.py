@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import time
-from typing import Optional
 
 import numpy as np
 import psycopg
