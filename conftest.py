@@ -107,3 +107,21 @@ def blazeface_dir(tmp_path_factory, request) -> Path:
             pass
     dest = tmp_path_factory.mktemp("sfpn-home") / "detectors" / "blazeface"
     return blazeface_weights.fetch_blazeface(dest, source=request.getfixturevalue("mediapipe_wheel"))
+
+
+@pytest.fixture(scope="session")
+def pg_server(tmp_path_factory):
+    """A real PostgreSQL 16 with pgvector (the ``pgserver`` wheel, x86_64 only), stopped at the end."""
+    pgserver = pytest.importorskip("pgserver", reason="pgserver (PostgreSQL + pgvector wheel) is x86_64 only; "
+                                                      "install sfpn-edge[test] there")
+    server = pgserver.get_server(tmp_path_factory.mktemp("pg"), cleanup_mode="stop")
+    yield server
+    server.cleanup()
+
+
+@pytest.fixture
+def pg_url(pg_server, request) -> str:
+    """The URL of a new, empty database on the test server."""
+    name = "g_" + "".join(c if c.isalnum() else "_" for c in request.node.name.lower())[:50]
+    pg_server.psql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE); CREATE DATABASE "{name}";')
+    return pg_server.get_uri(name)

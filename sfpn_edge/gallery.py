@@ -32,12 +32,19 @@ fails at once); opening for writing runs ``PRAGMA quick_check``; every embedding
 of it on demand. Older files (format 1: no checksums; 2: no photo hashes; 3: no calibration) are read as they are
 and upgraded in one transaction when opened for writing; ``open_gallery`` opens a file with the
 model and size recorded in it (the ``sfpn-edge gallery`` commands, which need no model).
+
+A ``postgresql://`` (or ``postgres://``) URL instead of a path opens the same gallery on a PostgreSQL
+server with pgvector, for a fleet of devices (``sfpn_edge.gallery_pg``: the store primitives behind
+``_open_store``, ``_transaction``, ``_snapshot``, ``_query``, ``_query_version`` and the vector
+conversions; everything else is this class's logic); any other ``scheme://`` is refused.
 """
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
+import re
 import sqlite3
 import tempfile
 import time
@@ -51,12 +58,11 @@ import numpy as np
 from sfpn_edge import bounded_read, gallery_calibration, thresholds
 from sfpn_edge.calibration import Calibration, check_entry_version, from_entry
 from sfpn_edge.errors import ModelError, SfpnError
+from sfpn_edge.gallery_format import FORMAT, FORMAT_VERSION, GalleryError
 from sfpn_edge.kernels.scoring import l2_normalize
 from sfpn_edge.score import STORAGES, Gallery
 
 APPLICATION_ID = 0x53465047  # "SFPG", stored in the SQLite header (offset 68)
-FORMAT = "sfpn-edge-gallery"
-FORMAT_VERSION = 4  # 2 added embeddings.checksum, 3 embeddings.photo_sha256, 4 the calibration table
 SQLITE_MAGIC = b"SQLite format 3\x00"
 BUSY_TIMEOUT_S = 30.0
 MAX_NAME_CHARS = 256
@@ -105,10 +111,6 @@ CREATE TABLE IF NOT EXISTS calibration (
 REFIT_CHANGE = 0.1
 
 
-class GalleryError(SfpnError):
-    """The gallery file is missing, not ours, made for another model, or damaged."""
-
-
 class EmbeddingError(GalleryError, ValueError):
     """Embeddings that cannot be stored or searched: wrong shape or type, NaN/inf, zero norm."""
 
@@ -148,18 +150,34 @@ class FaceGallery:
             raise ValueError(f"storage must be one of {STORAGES}, got {storage!r}")
         if not isinstance(dim, int) or dim <= 0:
             raise ValueError(f"dim must be a positive integer, got {dim!r}")
-        self.path = Path(path)
         self.model_sha256 = str(model_sha256)
         self.dim = dim
         self.readonly = readonly
         self.template = template
         self.storage = storage
         self.use_calibration = bool(calibration)
+        self._open_store(path, create)
+        self._index: Optional[_Index] = None  # built lazily, rebuilt when the file changed
+        self._version = None
+
+    def __new__(cls, path, **kwargs):
+        """A ``postgresql://`` URL opens the gallery on that server (``sfpn_edge.gallery_pg``)."""
+        if cls is FaceGallery and _server_url(path):
+            return super().__new__(_pg_gallery())
+        return super().__new__(cls)
+
+    # -- opening ---------------------------------------------------------------------------
+
+    _DB_ERRORS: tuple = (sqlite3.DatabaseError,)
+
+    def _open_store(self, path: Union[str, os.PathLike], create: bool) -> None:
+        """Open (``create``: make) the file at ``path``, checked; upgraded when opened for writing."""
+        self.path = Path(path)
         _check_header(self.path)
         if not self.path.exists():
-            if readonly or not create:
+            if self.readonly or not create:
                 raise GalleryError(f"{self.path}: no such gallery (enrol someone first)")
-            _create(self.path, self.model_sha256, dim)
+            _create(self.path, self.model_sha256, self.dim)
         # First an immutable look (no locks, no -wal/-shm files: a refused file is left exactly
         # as it was; the meta table is written at creation, so it lives in the main file), then
         # the same check on the live connection, which also sees changes still in the WAL.
@@ -169,17 +187,13 @@ class FaceGallery:
         self._db = self._connect()
         try:
             self.format_version = self._check_meta(self._db)
-            if not readonly:
+            if not self.readonly:
                 self.quick_check()
                 if self.format_version < FORMAT_VERSION:
                     self._upgrade()
         except BaseException:
             self._db.close()
             raise
-        self._index: Optional[_Index] = None  # built lazily, rebuilt when the file changed
-        self._version = None
-
-    # -- opening ---------------------------------------------------------------------------
 
     def _open(self, uri: str) -> sqlite3.Connection:
         try:
@@ -203,11 +217,9 @@ class FaceGallery:
     def _check_meta(self, db: sqlite3.Connection) -> int:
         """The format version of ``db``; GalleryError unless it is a gallery for this model and size."""
         try:
-            app_id = db.execute("PRAGMA application_id").fetchone()[0]
-            if app_id != APPLICATION_ID:
-                raise GalleryError(f"{self.path}: an SQLite database, but not an sfpn-edge gallery")
-            meta = dict(db.execute("SELECT key, value FROM meta"))
-        except sqlite3.DatabaseError as exc:
+            self._check_ours(db)
+            meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
+        except self._DB_ERRORS as exc:
             raise GalleryError(f"{self.path}: not a readable sfpn-edge gallery ({exc})") from None
         if meta.get("format") != FORMAT:
             raise GalleryError(f"{self.path}: not an sfpn-edge gallery (format {meta.get('format')!r})")
@@ -223,6 +235,10 @@ class FaceGallery:
                                f"{str(meta.get('model_sha256'))[:12]}…, this one {self.model_sha256[:12]}…); "
                                "re-enrol with this model or use the model the gallery was made with")
         return int(version)
+
+    def _check_ours(self, db: sqlite3.Connection) -> None:
+        if db.execute("PRAGMA application_id").fetchone()[0] != APPLICATION_ID:
+            raise GalleryError(f"{self.path}: an SQLite database, but not an sfpn-edge gallery")
 
     def quick_check(self) -> None:
         """SQLite's ``PRAGMA quick_check`` (every page and b-tree well formed), else GalleryError."""
@@ -290,8 +306,7 @@ class FaceGallery:
         self._refit_if_due(calibrate)
         return enrolled
 
-    @staticmethod
-    def _insert(db: sqlite3.Connection, name: str, vectors: np.ndarray, sources: list, hashes: list,
+    def _insert(self, db: sqlite3.Connection, name: str, vectors: np.ndarray, sources: list, hashes: list,
                 replace: bool) -> Identity:
         row = db.execute("SELECT id, enrolled FROM identities WHERE name = ?", (name,)).fetchone()
         if row is not None and replace:
@@ -300,14 +315,15 @@ class FaceGallery:
             row = None
         if row is None:
             enrolled = time.time()
-            ident = db.execute("INSERT INTO identities (name, enrolled) VALUES (?, ?)",
-                               (name, enrolled)).lastrowid
+            ident = db.execute("INSERT INTO identities (name, enrolled) VALUES (?, ?) RETURNING id",
+                               (name, enrolled)).fetchone()[0]
         else:
             ident, enrolled = row
         blobs = [v.astype("<f4").tobytes() for v in vectors]
         db.executemany("INSERT INTO embeddings (identity, source, vector, checksum, photo_sha256) "
                        "VALUES (?, ?, ?, ?, ?)",
-                       [(ident, s, b, row_checksum(name, b), h) for b, s, h in zip(blobs, sources, hashes)])
+                       [(ident, s, self._vector_param(b), row_checksum(name, b), h)
+                        for b, s, h in zip(blobs, sources, hashes)])
         _count_changes(db, len(blobs))
         count = db.execute("SELECT COUNT(*) FROM embeddings WHERE identity = ?", (ident,)).fetchone()[0]
         return Identity(name, count, enrolled)
@@ -346,7 +362,7 @@ class FaceGallery:
         with self._snapshot() as db:
             rows = db.execute("SELECT i.name, e.vector, e.checksum FROM embeddings e JOIN identities i "
                               "ON i.id = e.identity ORDER BY i.id, e.id").fetchall()
-            changes = _row_changes(db)
+            changes = self._row_changes(db)
         cal = None
         if rows:
             vectors = np.stack([self._vector(*row) for row in rows])
@@ -381,7 +397,7 @@ class FaceGallery:
             return (cal is None) != (plan is None)
         if plan.method != cal.method or (plan.dim or self.dim) >= (1 + REFIT_CHANGE) * cal.dim_out:
             return True
-        fitted, changes = cal.info.get("row_changes"), _row_changes(self._db)
+        fitted, changes = cal.info.get("row_changes"), self._row_changes()
         return not isinstance(fitted, int) or changes - fitted >= REFIT_CHANGE * cal.info.get("gallery_photos", 0)
 
     def _refit_if_due(self, calibrate: bool) -> None:
@@ -442,7 +458,7 @@ class FaceGallery:
                    "model_sha256": info.get("model_sha256"),
                    "gallery_photos": info.get("gallery_photos"), "gallery_identities": info.get("gallery_identities"),
                    "identities_with_2_photos": info.get("identities_with_2_photos"),
-                   "current": info.get("row_changes") == _row_changes(self._db),
+                   "current": info.get("row_changes") == self._row_changes(),
                    "thresholds": info.get("thresholds"), "fit_seconds": info.get("fit_seconds")}
         if self.use_calibration and calibrated is not None:
             summary["scores"] = "calibrated" if calibrated else "raw"
@@ -461,11 +477,11 @@ class FaceGallery:
                 raise GalleryError(f"{self.path}: {new!r} is already enrolled; remove it first")
             rows = db.execute("SELECT id, vector, checksum FROM embeddings WHERE identity = ?",
                               (row[0],)).fetchall()  # writable: upgraded, so every row has a checksum
-            for _, blob, checksum in rows:
-                self._vector(old, blob, checksum)
+            for _, vector, checksum in rows:
+                self._vector(old, vector, checksum)
             db.execute("UPDATE identities SET name = ? WHERE id = ?", (new, row[0]))
             db.executemany("UPDATE embeddings SET checksum = ? WHERE id = ?",
-                           [(row_checksum(new, blob), ident) for ident, blob, _ in rows])
+                           [(row_checksum(new, self._blob(vector)), ident) for ident, vector, _ in rows])
         return Identity(new, len(rows), row[1])
 
     def _require_writable(self) -> None:
@@ -542,7 +558,7 @@ class FaceGallery:
                              else "SELECT COUNT(*), 0 FROM embeddings")[0]
         return {"db": str(self.path), "format_version": self.format_version, "model_sha256": self.model_sha256,
                 "descriptor_dim": self.dim, "created": meta.get("created"), "identities": len(self),
-                "embeddings": photos[0], "photo_hashes": photos[1], "bytes": self.path.stat().st_size,
+                "embeddings": photos[0], "photo_hashes": photos[1], "bytes": self._bytes(),
                 "calibration": self.calibration_summary()}
 
     def identify(self, probe: np.ndarray, k: int = 5) -> List[Match]:
@@ -625,6 +641,26 @@ class FaceGallery:
         except sqlite3.Error as exc:
             raise GalleryError(f"{self.path}: cannot read gallery ({exc})") from None
 
+    def _row_changes(self, db: Optional[sqlite3.Connection] = None) -> Optional[int]:
+        """meta's ``row_changes``, read in ``db``'s transaction (None: on its own)."""
+        sql = "SELECT value FROM meta WHERE key = 'row_changes'"
+        rows = self._query(sql) if db is None else db.execute(sql).fetchall()
+        return int(rows[0][0]) if rows and str(rows[0][0]).isdigit() else None
+
+    def _bytes(self) -> int:
+        return self.path.stat().st_size
+
+    def _blob(self, stored: bytes) -> bytes:
+        """A stored vector as float32 little-endian bytes."""
+        return stored
+
+    def _vector_param(self, blob: bytes) -> bytes:
+        """float32 little-endian bytes as the vector column takes them."""
+        return blob
+
+    def _foreign_key_check(self) -> list:
+        return self._query("PRAGMA foreign_key_check")
+
     @property
     def _checksums(self) -> str:
         """The checksum column to select (format 1 files have none)."""
@@ -633,6 +669,7 @@ class FaceGallery:
     def _vector(self, name: str, blob: bytes, checksum: Optional[int]) -> np.ndarray:
         """A stored embedding of ``name``, checked: size, row checksum (format 2), finite, unit norm."""
         damaged = f"{self.path}: damaged gallery: an embedding of {name!r}"
+        blob = self._blob(blob)
         if not isinstance(name, str) or not isinstance(blob, bytes) or len(blob) != 4 * self.dim:
             raise GalleryError(f"{damaged} is not {self.dim} float32 values")
         if self.format_version >= 2 and checksum != row_checksum(name, blob):
@@ -677,9 +714,20 @@ class FaceGallery:
         return f"<FaceGallery {self.path} template={self.template} storage={self.storage}>"
 
 
+@functools.lru_cache(maxsize=None)
+def _pg_gallery() -> type:
+    """FaceGallery over the PostgreSQL store (imports psycopg: only once a URL is opened)."""
+    from sfpn_edge.gallery_pg import PgStore
+    return type("PgGallery", (PgStore, FaceGallery), {"__doc__": PgStore.__doc__})
+
+
 def open_gallery(path: Union[str, os.PathLike], *, readonly: bool = True) -> FaceGallery:
     """An existing gallery opened with the model sha256 and descriptor size recorded in it."""
-    meta = _read_meta(Path(path))
+    if _server_url(path):
+        from sfpn_edge.gallery_pg import read_meta
+        meta = read_meta(str(path))
+    else:
+        meta = _read_meta(Path(path))
     return FaceGallery(path, model_sha256=meta.get("model_sha256", ""), dim=int(meta["descriptor_dim"]),
                        readonly=readonly, create=False, template="all")
 
@@ -709,15 +757,14 @@ def check_gallery(path: Union[str, os.PathLike]) -> dict:
     checksum, finite, unit norm); the calibration row (checksum, arrays, digest, model). Read-only:
     an old file is checked, not upgraded.
     """
-    path = Path(path)
     with open_gallery(path) as gallery:
         gallery.quick_check()
-        if gallery._query("PRAGMA foreign_key_check"):
-            raise GalleryError(f"{path}: damaged gallery: PRAGMA foreign_key_check found embeddings "
+        if gallery._foreign_key_check():
+            raise GalleryError(f"{gallery.path}: damaged gallery: PRAGMA foreign_key_check found embeddings "
                                "without an identity")
         rows = len(gallery._build_index().names)
         gallery.stored_calibration()
-        return {"db": str(path), "format_version": gallery.format_version, "model_sha256": gallery.model_sha256,
+        return {"db": str(gallery.path), "format_version": gallery.format_version, "model_sha256": gallery.model_sha256,
                 "descriptor_dim": gallery.dim, "identities": len(gallery), "embeddings": rows,
                 "checks": ["header", "quick_check", "meta", "foreign_key_check", "rows", "calibration"]}
 
@@ -748,11 +795,6 @@ def _rows_of(db: sqlite3.Connection, name: str) -> int:
 def _count_changes(db: sqlite3.Connection, rows: int) -> None:
     """Add ``rows`` (embeddings added or removed) to meta's ``row_changes``, in the caller's transaction."""
     db.execute("UPDATE meta SET value = CAST(value AS INTEGER) + ? WHERE key = 'row_changes'", (rows,))
-
-
-def _row_changes(db: sqlite3.Connection) -> Optional[int]:
-    row = db.execute("SELECT value FROM meta WHERE key = 'row_changes'").fetchone()
-    return int(row[0]) if row is not None and str(row[0]).isdigit() else None
 
 
 def _calibration_row(cal: Calibration) -> tuple:
@@ -790,6 +832,18 @@ def _calibration_of(gallery: "FaceGallery", entry: str, mean: bytes, projection:
     if cal.model_sha256 != gallery.model_sha256:
         raise GalleryError(f"{damaged} was fitted for another model; run `sfpn-edge gallery recalibrate`")
     return cal
+
+
+def _server_url(path: object) -> bool:
+    """Whether ``path`` is a ``postgresql://`` (or ``postgres://``) URL; GalleryError for any other
+    ``scheme://`` (never taken as a file name)."""
+    match = re.match(r"([A-Za-z][A-Za-z0-9+.-]*)://", path) if isinstance(path, str) else None
+    if match is None:
+        return False
+    if match.group(1).lower() not in ("postgresql", "postgres"):
+        raise GalleryError(f"{match.group(1)}:// galleries are not supported: give a file path or a "
+                           "postgresql:// URL")
+    return True
 
 
 def _normalise(x: np.ndarray) -> np.ndarray:

@@ -179,3 +179,29 @@ def test_library_results_carry_the_measured_rate(model_dir, mtcnn_dir, cfp_root,
     assert found.genuine_accept == measured and found.threshold == result.threshold
     loose = FaceVerifier(model_dir, detector="mtcnn", detector_weights=mtcnn_dir, threads=1, margin=0.2)
     assert loose.operating_point.genuine_accept is None  # measured at margin 0.10, not this crop
+
+
+def test_cli_on_a_postgresql_gallery(cli, cfp_root, tmp_path, pg_url, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    pg_url = pg_url.replace("postgres:@", "postgres:s3cret@")  # the test server trusts its socket
+    root = people_dir(tmp_path, cfp_root)
+    code, out, err = cli("enroll", "--db", pg_url, "--from-dir", root, "--json")
+    assert code == 0 and json.loads(out)["db"].startswith("postgresql://postgres:***@/"), err
+    assert cli("enroll", "--db", pg_url, "--name", "cy", photo(cfp_root, 54, n=1), photo(cfp_root, 54, n=2))[0] == 0
+    code, out, _ = cli("identify", "--db", pg_url, photo(cfp_root, 54, n=5), photo(cfp_root, 50, n=5), "--json")
+    assert code == 0 and [r["match"] for r in json.loads(out)] == ["cy", "ada"] and "s3cret" not in out
+    assert main(["gallery", "rename", pg_url, "cy", "dee"]) == 0 and main(["gallery", "remove", pg_url, "bob"]) == 0
+    assert main(["gallery", "check", pg_url]) == 0
+    out = capsys.readouterr().out
+    assert "ok (2 identities" in out and "s3cret" not in out
+    assert main(["gallery", "list", pg_url, "--json"]) == 0
+    assert [p["name"] for p in json.loads(capsys.readouterr().out)["identities"]] == ["ada", "dee"]
+    assert main(["gallery", "recalibrate", pg_url, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["calibration"]["state"] == "none"  # 4 photos: raw cosine
+    assert main(["gallery", "info", pg_url, "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert (info["identities"], info["embeddings"]) == (2, 4) and info["bytes"] > 0
+    assert info["db"].startswith("postgresql://postgres@/")  # the server, named without its password
+    code, _, err = cli("enroll", "--db", "mysql://host/db", "--name", "x", photo(cfp_root, 54, n=1))
+    assert code == 2 and "mysql:// galleries are not supported" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["people"]  # no gallery file or `mysql:` folder

@@ -19,7 +19,7 @@ RUNTIME_MODULES = [
     "sfpn_edge.bundle_install",
     "sfpn_edge.cli",
 ]
-OPTIONAL = ["onnx", "matio", "matplotlib", "rich", "scipy", "nncf", "pandas", "pytest"]
+OPTIONAL = ["onnx", "matio", "matplotlib", "rich", "scipy", "nncf", "pandas", "pytest", "psycopg", "pgserver"]
 
 
 def test_runtime_path_does_not_import_optional_dependencies():

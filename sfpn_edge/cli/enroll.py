@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from sfpn_edge.cli.common import add_model_options, add_pipeline_options, make_verifier
-from sfpn_edge.cli.gallery import describe_gallery_calibration
+from sfpn_edge.cli.gallery import describe_gallery_calibration, gallery_db, shown
 from sfpn_edge.cli.output import emit
 from sfpn_edge.cli.verify import describe_face
 
@@ -26,7 +26,7 @@ def register(subparsers) -> None:
                     "calibration when due (see `sfpn-edge gallery recalibrate`).",
     )
     parser.add_argument("images", type=Path, nargs="*", metavar="IMG", help="photos of the person")
-    parser.add_argument("--db", type=Path, required=True, help="gallery file")
+    parser.add_argument("--db", type=gallery_db, required=True, help="gallery file or postgresql:// URL")
     parser.add_argument("--name", help="identity name (with IMG)")
     parser.add_argument("--from-dir", type=Path, metavar="DIR",
                         help="enrol every subfolder DIR/NAME/ (its photos) as NAME, instead of IMG and --name")
@@ -79,7 +79,7 @@ def run_photos(args: argparse.Namespace) -> int:
         if gallery is not None:
             gallery.close()
     result = {
-        "db": str(args.db),
+        "db": shown(args.db),
         "name": args.name,
         "added": len(kept),
         "images": stored,

@@ -9,7 +9,7 @@ import numpy as np
 
 from sfpn_edge.cli import photos
 from sfpn_edge.cli.common import make_verifier
-from sfpn_edge.cli.gallery import describe_gallery_calibration
+from sfpn_edge.cli.gallery import describe_gallery_calibration, shown
 from sfpn_edge.cli.output import emit
 from sfpn_edge.errors import SfpnError
 from sfpn_edge.progress import Progress
@@ -44,8 +44,8 @@ def run_dir(args: argparse.Namespace) -> int:
             gallery.close()
     if not enrolled and not any(s.reason.startswith("duplicate") for s in skipped):
         raise SfpnError(f"{args.from_dir}: no photo could be enrolled ({len(skipped)} skipped, e.g. "
-                        f"{skipped[0].image}: {skipped[0].reason}); {args.db} was not changed")
-    result = {"db": str(args.db), "from_dir": str(args.from_dir), "people": enrolled,
+                        f"{skipped[0].image}: {skipped[0].reason}); {shown(args.db)} was not changed")
+    result = {"db": shown(args.db), "from_dir": str(args.from_dir), "people": enrolled,
               "added": sum(p["added"] for p in enrolled), "skipped": [s.to_dict() for s in skipped],
               "identities": total, "calibration": verifier.calibration_info, "gallery_calibration": own}
     emit(result, args.json, _human)

@@ -2,10 +2,25 @@
 from __future__ import annotations
 
 import argparse
+import re
 import time
 from pathlib import Path
 
 from sfpn_edge.cli.output import emit
+
+
+def gallery_db(text: str):
+    """A ``--db`` value: a URL (``postgresql://…``; other schemes are refused when opened) as given,
+    anything else a file path."""
+    return text if "://" in text else Path(text)
+
+
+def shown(db) -> str:
+    """A ``--db`` value as outputs show it: a URL's password replaced by ``***``."""
+    text = str(db)
+    if isinstance(db, Path):
+        return text
+    return re.sub(r"(password=)[^&\s]*", r"\1***", re.sub(r"^([^:/]+://[^:/@]*:)[^@/]*@", r"\1***@", text))
 
 
 def register(subparsers) -> None:
@@ -45,7 +60,7 @@ def register(subparsers) -> None:
 
 def _add(actions, name: str, summary: str, description: str, func) -> argparse.ArgumentParser:
     parser = actions.add_parser(name, help=summary, description=description)
-    parser.add_argument("db", type=Path, metavar="DB", help="gallery file")
+    parser.add_argument("db", type=gallery_db, metavar="DB", help="gallery file or postgresql:// URL")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.set_defaults(func=func)
     return parser
@@ -56,7 +71,7 @@ def run_list(args: argparse.Namespace) -> int:
 
     with open_gallery(args.db) as gallery:
         people = [{"name": i.name, "images": i.images, "enrolled": _utc(i.enrolled)} for i in gallery.identities()]
-    emit({"db": str(args.db), "identities": people}, args.json, _human_list)
+    emit({"db": shown(args.db), "identities": people}, args.json, _human_list)
     return 0
 
 
@@ -75,7 +90,7 @@ def run_remove(args: argparse.Namespace) -> int:
     with open_gallery(args.db, readonly=False) as gallery:
         gallery.remove_many(args.names)
         left = len(gallery)
-    emit({"db": str(args.db), "removed": args.names, "identities": left}, args.json,
+    emit({"db": shown(args.db), "removed": args.names, "identities": left}, args.json,
          lambda r: f"removed {', '.join(map(repr, r['removed']))}; {r['identities']} identities left in {r['db']}")
     return 0
 
@@ -85,7 +100,7 @@ def run_rename(args: argparse.Namespace) -> int:
 
     with open_gallery(args.db, readonly=False) as gallery:
         identity = gallery.rename(args.old, args.new)
-    emit({"db": str(args.db), "old": args.old, "new": identity.name, "images": identity.images}, args.json,
+    emit({"db": shown(args.db), "old": args.old, "new": identity.name, "images": identity.images}, args.json,
          lambda r: f"renamed {r['old']!r} to {r['new']!r} ({r['images']} photo(s)) in {r['db']}")
     return 0
 
@@ -98,7 +113,7 @@ def run_recalibrate(args: argparse.Namespace) -> int:
         gallery.recalibrate()
         seconds = time.perf_counter() - start
         summary = gallery.calibration_summary()
-    emit({"db": str(args.db), "seconds": round(seconds, 3), "calibration": summary}, args.json,
+    emit({"db": shown(args.db), "seconds": round(seconds, 3), "calibration": summary}, args.json,
          lambda r: f"{r['db']}: recalibrated in {r['seconds']:.1f} s\n{describe_gallery_calibration(r['calibration'])}")
     return 0
 

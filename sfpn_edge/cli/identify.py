@@ -10,7 +10,7 @@ from pathlib import Path
 
 from sfpn_edge.cli.common import (EVERY_FACE, add_model_options, add_pipeline_options, add_threshold_options,
                                   describe_genuine_accept, make_verifier)
-from sfpn_edge.cli.gallery import describe_gallery_calibration
+from sfpn_edge.cli.gallery import describe_gallery_calibration, gallery_db, shown
 from sfpn_edge.cli.output import emit
 from sfpn_edge.cli.verify import describe_face, format_timings
 
@@ -33,7 +33,8 @@ def register(subparsers) -> None:
                     "matched nobody, 2 on an error.",
     )
     parser.add_argument("images", type=Path, nargs="+", metavar="IMG", help="photo(s) of the person(s) to identify")
-    parser.add_argument("--db", type=Path, required=True, help="gallery file (made by `sfpn-edge enroll`)")
+    parser.add_argument("--db", type=gallery_db, required=True,
+                        help="gallery file or postgresql:// URL (made by `sfpn-edge enroll`)")
     parser.add_argument("--top", type=int, default=5, metavar="K", help="candidates to list (default: 5)")
     parser.add_argument("--template", choices=TEMPLATES, default=DEFAULT_TEMPLATE,
                         help="compare with each identity's mean embedding, or with all its embeddings "
@@ -77,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
 def _record(args: argparse.Namespace, image: Path, results: list, timings: dict, op, size: int, verifier,
             own: dict) -> dict:
     """The result for one photo (``--face-policy all``: every face under 'results')."""
-    record = {"image": str(image), "db": str(args.db), "face_policy": args.face_policy}
+    record = {"image": str(image), "db": shown(args.db), "face_policy": args.face_policy}
     if args.face_policy == "all":
         record["results"] = [r.to_dict() for r in results]
     else:

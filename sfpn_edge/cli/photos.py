@@ -91,9 +91,12 @@ def scan_people(root: Path) -> Tuple[List[Tuple[str, List[Path]]], List[Skipped]
 
 
 def open_existing(db: Path, verifier: "FaceVerifier") -> Optional["FaceGallery"]:
-    """The gallery at ``db`` when it exists (checked now, before slow work), else None."""
+    """The gallery at ``db`` when it exists (checked now, before slow work), else None; a server's
+    gallery (a URL) is made here when missing."""
     from sfpn_edge.gallery import FaceGallery
 
+    if isinstance(db, str):
+        return FaceGallery(db, model_sha256=verifier.model_sha256, dim=verifier.descriptor_dim)
     if not (db.exists() or db.is_symlink()):
         return None
     return FaceGallery(db, model_sha256=verifier.model_sha256, dim=verifier.descriptor_dim, create=False)

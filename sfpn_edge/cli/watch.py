@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from sfpn_edge.cli.common import add_detector_options, add_model_options, add_threshold_options, make_verifier
+from sfpn_edge.cli.gallery import gallery_db
 
 
 def register(subparsers) -> None:
@@ -26,7 +27,8 @@ def register(subparsers) -> None:
     )
     parser.add_argument("source", metavar="SOURCE",
                         help="camera index (0), video file, rtsp:// or http:// URL, or a folder of frames")
-    parser.add_argument("--db", type=Path, required=True, help="gallery file (made by `sfpn-edge enroll`)")
+    parser.add_argument("--db", type=gallery_db, required=True,
+                        help="gallery file or postgresql:// URL (made by `sfpn-edge enroll`)")
     parser.add_argument("--json-lines", action="store_true",
                         help="print events (and the final summary) as JSON Lines on stdout")
     parser.add_argument("--every-frame", action="store_true", help="also print every frame's tracked boxes")

@@ -1,0 +1,11 @@
+"""What every gallery store shares and checks: the format name and version, and GalleryError."""
+from __future__ import annotations
+
+from sfpn_edge.errors import SfpnError
+
+FORMAT = "sfpn-edge-gallery"
+FORMAT_VERSION = 4  # 2 added embeddings.checksum, 3 embeddings.photo_sha256, 4 the calibration table
+
+
+class GalleryError(SfpnError):
+    """The gallery is missing, not ours, made for another model, damaged, or its server unreachable."""

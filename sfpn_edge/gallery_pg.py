@@ -1,0 +1,239 @@
+"""The gallery on PostgreSQL + pgvector: one gallery for a fleet of devices (``postgresql://…``).
+
+``FaceGallery("postgresql://user@host/db", ...)`` returns a ``PgGallery``: FaceGallery's logic
+(enrolment, removal, rename, self-calibration, identify) over the same tables on the server, in
+the connection's schema. Embeddings are ``vector(D)`` columns (normalised; read back in binary as
+the same float32s, so the row checksums are the SQLite gallery's). Binding checks (format, model sha256, descriptor
+size) run before anything is written. Every write is one transaction holding a transaction-level
+advisory lock (SQLite's BEGIN IMMEDIATE: writers from many devices are serialised) and bumps meta's
+``data_version``, which other devices compare to refresh their in-memory index.
+
+Searches run in memory over the fetched rows, as on SQLite: identify ranks calibrated templates,
+which the server cannot index (the calibration changes with every refit), and the fetch happens
+only when the gallery changed. Reads lost to a dropped connection are retried (``RETRY_DELAYS``,
+2 s in all) on a new connection, then fail with a GalleryError naming the server (never its
+password); a write is never retried: lost before COMMIT it changed nothing, lost during COMMIT
+its outcome is unknown, and the error says which.
+"""
+from __future__ import annotations
+
+import contextlib
+import time
+
+import numpy as np
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
+
+from sfpn_edge.gallery_format import FORMAT, FORMAT_VERSION, GalleryError
+
+LOCK_KEY = 0x53465047  # pg_advisory_xact_lock key of gallery writers ("SFPG")
+RETRY_DELAYS = (0.1, 0.3, 0.6, 1.0)  # seconds before each retry of a read
+CONNECT_TIMEOUT_S = 5
+
+_SCHEMA = """
+CREATE EXTENSION IF NOT EXISTS vector;
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE identities (
+    id BIGSERIAL PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    enrolled DOUBLE PRECISION NOT NULL
+);
+CREATE TABLE embeddings (
+    id BIGSERIAL PRIMARY KEY,
+    identity BIGINT NOT NULL REFERENCES identities(id) ON DELETE CASCADE,
+    source TEXT,
+    vector vector({dim}) NOT NULL,
+    checksum BIGINT NOT NULL,
+    photo_sha256 TEXT
+);
+CREATE INDEX embeddings_identity ON embeddings(identity);
+CREATE INDEX embeddings_photo ON embeddings(photo_sha256);
+CREATE TABLE calibration (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    entry TEXT NOT NULL,
+    mean BYTEA NOT NULL,
+    projection BYTEA,
+    checksum BIGINT NOT NULL
+)
+"""
+
+
+def server_name(url: str) -> str:
+    """``url`` without its password: ``postgresql://user@host:port/db``."""
+    try:
+        info = conninfo_to_dict(url)
+    except psycopg.Error:
+        return "postgresql://(unparsable URL)"
+    user = f"{info['user']}@" if info.get("user") else ""
+    port = f":{info['port']}" if info.get("port") else ""
+    return f"postgresql://{user}{info.get('host', '')}{port}/{info.get('dbname', '')}"
+
+
+class _Connection:
+    """A psycopg connection (autocommit) taking the gallery's SQLite-style ``?`` parameters."""
+
+    def __init__(self, url: str, readonly: bool):
+        self.conn = psycopg.connect(url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S)
+        if readonly:
+            self.conn.execute("SET default_transaction_read_only = on")
+
+    def execute(self, sql: str, params: tuple = ()):
+        return self.conn.execute(sql.replace("?", "%s"), params, binary=True)  # vectors as bytes
+
+    def executemany(self, sql: str, rows: list) -> None:
+        with self.conn.cursor(binary=True) as cursor:
+            cursor.executemany(sql.replace("?", "%s"), rows)
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+class PgStore:
+    """FaceGallery's store primitives on a PostgreSQL server with pgvector (``gallery._pg_gallery``
+    mixes them into FaceGallery)."""
+
+    _DB_ERRORS = (psycopg.Error,)
+
+    def _open_store(self, url: str, create: bool) -> None:
+        self._url, self.path, self._conn = url, server_name(url), None
+        try:
+            if not self._has_meta():
+                if self.readonly or not create:
+                    raise GalleryError(f"{self.path}: no such gallery (enrol someone first)")
+                self._create()
+            self.format_version = self._check_meta(self._db)
+        except psycopg.Error as exc:
+            self._drop()
+            raise GalleryError(f"{self.path}: cannot open gallery ({_reason(exc)})") from None
+
+    @property
+    def _db(self) -> _Connection:
+        """The live connection, made again after one was lost."""
+        if self._conn is None or self._conn.conn.closed:
+            self._conn = _Connection(self._url, self.readonly)
+        return self._conn
+
+    def _drop(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(psycopg.Error):
+                self._conn.close()
+        self._conn = None
+
+    def _has_meta(self) -> bool:
+        return self._db.execute("SELECT to_regclass('meta') IS NOT NULL").fetchone()[0]
+
+    def _create(self) -> None:
+        """The schema and meta rows in one transaction (a concurrent creator waits, then finds them)."""
+        with self._db.conn.transaction():
+            self._db.execute("SELECT pg_advisory_xact_lock(?)", (LOCK_KEY,))
+            if self._has_meta():
+                return
+            for statement in _SCHEMA.format(dim=self.dim).split(";"):
+                self._db.execute(statement)
+            self._db.executemany("INSERT INTO meta (key, value) VALUES (?, ?)", [
+                ("format", FORMAT), ("format_version", str(FORMAT_VERSION)),
+                ("model_sha256", self.model_sha256), ("descriptor_dim", str(self.dim)),
+                ("created", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())), ("row_changes", "0"),
+                ("data_version", "0")])
+
+    def _check_ours(self, db: _Connection) -> None:
+        if db.execute("SELECT to_regclass('embeddings') IS NULL OR to_regclass('identities') IS NULL")\
+                .fetchone()[0]:
+            raise GalleryError(f"{self.path}: a database, but not an sfpn-edge gallery")
+
+    def quick_check(self) -> None:
+        """The server checks its own pages; this checks the schema: the vector column's size."""
+        rows = self._query("SELECT format_type(atttypid, atttypmod) FROM pg_attribute "
+                           "WHERE attrelid = 'embeddings'::regclass AND attname = 'vector'")
+        if rows != [(f"vector({self.dim})",)]:
+            raise GalleryError(f"{self.path}: damaged gallery: embeddings.vector is {rows}, not vector({self.dim})")
+
+    def _foreign_key_check(self) -> list:
+        return self._query("SELECT e.id FROM embeddings e LEFT JOIN identities i ON i.id = e.identity "
+                           "WHERE i.id IS NULL")
+
+    def _bytes(self) -> int:
+        return int(self._query("SELECT sum(pg_total_relation_size(t::regclass)) FROM unnest(?::text[]) t",
+                               (["meta", "identities", "embeddings", "calibration"],))[0][0])
+
+    def _blob(self, stored: bytes) -> bytes:
+        """pgvector's binary form (int16 dim, int16 unused, big-endian float32s) as little-endian float32s."""
+        if not isinstance(stored, bytes) or len(stored) != 4 + 4 * self.dim:
+            raise GalleryError(f"{self.path}: damaged gallery: a vector is not {self.dim} float32 values")
+        return np.frombuffer(stored, ">f4", offset=4).astype("<f4").tobytes()
+
+    def _vector_param(self, blob: bytes) -> str:
+        """pgvector's text form; shortest round-trip decimals, so the server holds exactly these floats."""
+        return "[" + ",".join(map(repr, np.frombuffer(blob, "<f4").tolist())) + "]"
+
+    def _query(self, sql: str, params: tuple = ()) -> list:
+        """A read, retried on a new connection when the connection is lost."""
+        for delay in RETRY_DELAYS + (None,):
+            try:
+                return self._db.execute(sql, params).fetchall()
+            except psycopg.OperationalError as exc:
+                self._drop()
+                if delay is None:
+                    raise GalleryError(f"{self.path}: gallery server unreachable after {len(RETRY_DELAYS) + 1} "
+                                       f"attempts ({_reason(exc)})") from None
+                time.sleep(delay)
+            except psycopg.Error as exc:
+                raise GalleryError(f"{self.path}: cannot read gallery ({_reason(exc)})") from None
+
+    def _query_version(self) -> int:
+        return int(self._query("SELECT value FROM meta WHERE key = 'data_version'")[0][0])
+
+    @contextlib.contextmanager
+    def _transaction(self):
+        committing = False
+        self._query("SELECT 1")  # a connection lost since the last call is replaced before writing
+        try:
+            with self._db.conn.transaction():
+                self._db.execute("SELECT pg_advisory_xact_lock(?)", (LOCK_KEY,))
+                yield self._db
+                self._db.execute("UPDATE meta SET value = CAST(value AS BIGINT) + 1 WHERE key = 'data_version'")
+                committing = True
+        except psycopg.Error as exc:
+            self._drop()
+            if committing:
+                raise GalleryError(f"{self.path}: connection lost while committing: the change may or may not "
+                                   f"have been stored; check before repeating it ({_reason(exc)})") from None
+            raise GalleryError(f"{self.path}: write failed, nothing changed ({_reason(exc)})") from None
+        finally:
+            self._index = None
+
+    @contextlib.contextmanager
+    def _snapshot(self):
+        try:
+            with self._db.conn.transaction():
+                self._db.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+                yield self._db
+        except psycopg.Error as exc:
+            self._drop()
+            raise GalleryError(f"{self.path}: cannot read gallery ({_reason(exc)})") from None
+
+    def close(self) -> None:
+        self._drop()
+
+
+def read_meta(url: str) -> dict:
+    """The meta table of the gallery at ``url``, descriptor_dim checked."""
+    name = server_name(url)
+    try:
+        with contextlib.closing(_Connection(url, readonly=True)) as db:
+            if not db.execute("SELECT to_regclass('meta') IS NOT NULL").fetchone()[0]:
+                raise GalleryError(f"{name}: no such gallery")
+            meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
+    except psycopg.OperationalError as exc:
+        raise GalleryError(f"{name}: gallery server unreachable ({_reason(exc)})") from None
+    except psycopg.Error as exc:
+        raise GalleryError(f"{name}: not a readable sfpn-edge gallery ({_reason(exc)})") from None
+    dim = meta.get("descriptor_dim", "")
+    if not dim.isdigit() or not 0 < int(dim) <= 2000:
+        raise GalleryError(f"{name}: damaged gallery: descriptor_dim {dim!r} in its meta table")
+    return meta
+
+
+def _reason(exc: psycopg.Error) -> str:
+    """The first line of a driver error (libpq messages name host and user, never the password)."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
