@@ -272,3 +272,15 @@ def test_info_says_what_the_defaults_run_for_the_default_model(model_dir, exampl
     assert (defaults["backend"], defaults["precision"]) == (want.backend, want.precision)
     assert defaults["model_dir"] == str(model) and defaults["reason"] == want.reason
     assert main(["info"]) == 0 and "defaults (auto, model " in capsys.readouterr().out
+
+
+def test_choosing_does_not_load_openvino():
+    """Picking a backend lists OpenVINO's devices without importing it (~40 MB): only a pick loads it."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from sfpn_edge.runtime import Runtime; "
+            "rt = Runtime.resolve('auto', precision='auto'); print(rt.backend, 'openvino' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True).stdout
+    backend, loaded = out.split()
+    assert loaded == str(backend == "openvino"), out

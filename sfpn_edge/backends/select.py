@@ -30,7 +30,10 @@ class Environment:
     native: bool = True
 
     @classmethod
-    def detect(cls) -> "Environment":
+    def detect(cls, openvino: bool = True) -> "Environment":
+        """This machine. ``openvino=False`` does not load OpenVINO (~40 MB) just to list its devices:
+        installed means a CPU device, and an NPU when the kernel exposes an accelerator node
+        (``/dev/accel/accel*``, the Intel NPU driver's) — what the policy asks of OpenVINO."""
         versions = {}
         ov_devices = ort_providers = None
         try:
@@ -40,13 +43,16 @@ class Environment:
             versions["onnxruntime"] = ort.__version__
         except ImportError:
             pass
-        try:
-            from sfpn_edge.backends import openvino_backend
+        if not openvino:
+            ov_devices = _openvino_devices_unloaded()
+        else:
+            try:
+                from sfpn_edge.backends import openvino_backend
 
-            ov_devices = tuple(openvino_backend.available_devices())
-            versions["openvino"] = openvino_backend.ov.get_version()
-        except (ImportError, RuntimeError):
-            pass
+                ov_devices = tuple(openvino_backend.available_devices())
+                versions["openvino"] = openvino_backend.ov.get_version()
+            except (ImportError, RuntimeError):
+                pass
         litert = litert_version()
         if litert is not None:
             versions["litert"] = litert
@@ -67,6 +73,15 @@ class Environment:
     def summary(self) -> str:
         return (f"arch {self.platform.arch}, OpenVINO devices {list(self.openvino_devices or [])}, "
                 f"ONNX Runtime providers {list(self.ort_providers or [])}, LiteRT {self.litert or 'not installed'}")
+
+
+def _openvino_devices_unloaded() -> Optional[tuple]:
+    import glob
+    import importlib.util
+
+    if importlib.util.find_spec("openvino") is None:
+        return None
+    return ("CPU",) + (("NPU",) if glob.glob("/dev/accel/accel*") else ())
 
 
 def litert_version() -> Optional[str]:
@@ -198,7 +213,7 @@ def choose(target: str = "auto", env: Optional[Environment] = None, precision: s
     or SfpnError. ``precision="auto"`` also picks the precision: int8 where the CPU has int8
     dot-product instructions and the chosen backend's int8 file passed its accuracy gate
     (``int8_gate``: backend -> "" when it passed, else why not; ``ModelDir.int8_gate``), else fp32."""
-    env = env or Environment.detect()
+    env = env or Environment.detect(openvino=False)  # OpenVINO is loaded when it is picked, not to pick
     key = target.lower()
     if key == "myriad":
         raise SfpnError(MYRIAD_GONE)
