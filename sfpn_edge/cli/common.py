@@ -41,12 +41,12 @@ def add_model_options(parser: argparse.ArgumentParser, auto: bool = True) -> Non
     parser.set_defaults(auto_runtime=auto)
 
 
-def runtime(args: argparse.Namespace, model=None):
+def runtime(args: argparse.Namespace, model):
     """The ``Runtime`` the parsed model options describe for ``model`` (a ``ModelDir``: its int8
     gate decides ``--precision auto``), or SfpnError for a bad combination."""
     from sfpn_edge.runtime import Runtime, make_runtime
 
-    gate = model.int8_gate() if model is not None else None
+    gate = model.int8_gate()
     try:
         auto = getattr(args, "auto_runtime", True)
         if auto and args.target is None:

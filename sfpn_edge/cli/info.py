@@ -50,14 +50,14 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _choose(target: str, env, precision: str) -> dict:
+def _choose(target: str, env, precision: str, int8_gate=None) -> dict:
     """What ``target`` picks for ``precision``; for ``auto`` on a machine with no usable backend, a
     choice of nothing that says why (an explicitly named target that is unavailable stays an error)."""
     from sfpn_edge.backends import select
     from sfpn_edge.errors import SfpnError
 
     try:
-        return select.choose(target, env, precision=precision).as_dict()
+        return select.choose(target, env, precision=precision, int8_gate=int8_gate).as_dict()
     except SfpnError as exc:
         if target.lower() != "auto":
             raise
@@ -80,18 +80,7 @@ def _defaults(target: str, env) -> dict:
     except SfpnError as exc:
         return {"model_dir": str(path), "backend": None, "precision": None,
                 "reason": f"no model ({exc}); run `sfpn-edge fetch-weights`"}
-    choice = _choose_with(target, env, gate)
-    return {"model_dir": str(path), **choice}
-
-
-def _choose_with(target: str, env, gate: dict) -> dict:
-    from sfpn_edge.backends import select
-    from sfpn_edge.errors import SfpnError
-
-    try:
-        return select.choose(target, env, precision="auto", int8_gate=gate).as_dict()
-    except SfpnError as exc:
-        return {"backend": None, "precision": None, "reason": str(exc)}
+    return {"model_dir": str(path), "precision": None, **_choose(target, env, "auto", gate)}
 
 
 def _backend(spec) -> dict:
