@@ -278,6 +278,9 @@ def test_bad_calibration_input(model_dir, crops, mean, tmp_path):
         native_export.build_plan(onnx_path, crops[:2, :, :96, :96].copy(), mean, "x")
     with pytest.raises(ValueError, match="percentile"):
         native_export.build_plan(onnx_path, crops[:2], mean, "x", percentile=0.0)
+    for headroom in (0.5, 17.0, float("nan")):
+        with pytest.raises(ValueError, match="headroom"):
+            native_export.build_plan(onnx_path, crops[:2], mean, "x", headroom=headroom)
     garbage = tmp_path / "garbage.onnx"
     garbage.write_bytes(b"\x08\x01not a model at all")
     with pytest.raises(ModelError, match="not a readable ONNX model"):
