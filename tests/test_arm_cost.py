@@ -23,7 +23,16 @@ ENCODINGS = [
     (0x4E829C20, "dot"),         # usdot v0.4s, v1.16b, v2.16b
     (0x0E228020, "int_mac"),     # smlal v0.8h, v1.8b, v2.8b
     (0x4E22C020, "int_mac"),     # smull2 v0.8h, v1.16b, v2.16b
-    (0x4E206820, "int_mac"),     # sadalp v0.8h, v1.16b
+    (0x4E206820, "int_acc"),     # sadalp v0.8h, v1.16b
+    (0x4E606820, "int_acc"),     # sadalp v0.4s, v1.8h
+    (0x6E206820, "int_acc"),     # uadalp v0.8h, v1.16b
+    (0x4E227C20, "int_acc"),     # saba v0.16b, v1.16b, v2.16b
+    (0x6E225020, "int_acc"),     # uabal2 v0.8h, v1.16b, v2.16b
+    (0x6F3D1420, "int_acc"),     # usra v0.4s, v1.4s, #3
+    (0x4F793420, "int_acc"),     # srsra v0.2d, v1.2d, #7
+    (0x4E227420, "simd_other"),  # sabd v0.16b, v1.16b, v2.16b
+    (0x4E602820, "simd_other"),  # saddlp v0.4s, v1.8h
+    (0x4F3D0420, "simd_other"),  # sshr v0.4s, v1.4s, #3
     (0x4EA29420, "int_mac"),     # mla v0.4s, v1.4s, v2.4s
     (0x4FA28020, "int_mac"),     # mul v0.4s, v1.4s, v2.s[1]
     (0x4E22CC20, "fp_mac"),      # fmla v0.4s, v1.4s, v2.4s
@@ -163,3 +172,32 @@ def test_bench_shows_emulated_rows_and_refuses_other_files(tmp_path):
         emulated.load(tmp_path / "bad.json")
     with pytest.raises(SfpnError, match="not a tools/arm64-cost report"):
         emulated.load(tmp_path / "missing.json")
+
+
+def test_reference_workloads_are_set_beside_their_published_figure_not_among_the_rows(tmp_path):
+    model = load_model()
+    # MobileNet v2 counted as the A72 only: 90 M FP multiply-accumulates per call -> 45 M cycles on
+    # its two vector pipes = 25 ms at 1.8 GHz, 6.25 ms spread over the published figure's 4 threads.
+    write_counts(tmp_path, "cortex-a72", "reference-mobilenet_v2", {}, {"fp_mac": 270_000_000}, 3)
+    write_counts(tmp_path, "cortex-a72", "reference-unpublished", {}, {"fp_mac": 3}, 3)
+    write_counts(tmp_path, "cortex-a72", "embed-litert-fp32", {}, {"fp_mac": 3}, 3)
+    report = model.report(tmp_path)
+    assert [r["name"] for r in report["rows"]] == ["embed-litert-fp32"]
+    v2, other = sorted(report["reference"], key=lambda r: r["name"])
+    assert v2["cortex-a72"]["ms"] == pytest.approx(25.0, abs=1e-3)
+    assert v2["estimate_scaled_ms"] == pytest.approx(6.25)
+    assert v2["published"]["ms"] == 44.0 and v2["published"]["threads"] == 4
+    assert v2["published_over_estimate"] == pytest.approx(44.0 / 6.25, abs=0.01)
+    assert other["published"] is None
+    table = model.markdown(report)
+    assert "| mobilenet_v2 | 90.0 | 25.00 (vector) | 6.25 (4 threads) | 44 | 7.04 |" in table
+
+
+def test_multiplies_and_accumulates_issue_on_different_pipes(tmp_path):
+    # SMULL/SMLAL2 + SADALP, as an armv8.0 int8 GEMM runs them: 1.2 M of each per call run side by side
+    # on F0 and F1 (1.2 M cycles), where 2.4 M multiplies alone would need 2.4 M cycles on F0.
+    write_counts(tmp_path, "cortex-a72", "mixed", {}, {"int_mac": 3_600_000, "int_acc": 3_600_000}, 3)
+    write_counts(tmp_path, "cortex-a72", "muls", {}, {"int_mac": 7_200_000}, 3)
+    mixed, muls = (r["cortex-a72"]["cycles"]["vector"] for r in sorted(load_model().report(tmp_path)["rows"],
+                                                                        key=lambda r: r["name"]))
+    assert mixed == 1_200_000 and muls == 2_400_000

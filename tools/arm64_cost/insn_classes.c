@@ -7,9 +7,10 @@
  *
  * Classes (by the 32-bit encoding, Arm ARM "A64 instruction set encoding"): dot product
  * (SDOT/UDOT/USDOT/SUDOT, vector and by element); integer SIMD multiply and multiply-accumulate
- * (MUL/MLA/MLS, SMULL/SMLAL and kin, SADALP/UADALP, SQDMULH, by-element forms); floating-point
- * multiply and multiply-accumulate (FMUL/FMLA/FMLS vector and by element, scalar FMUL/FMADD
- * family); other SIMD/FP; loads; stores; branches/system; other scalar.
+ * (MUL/MLA/MLS, SMULL/SMLAL and kin, SQDMULH, by-element forms: the multiplier pipe); integer SIMD
+ * accumulate (SADALP/UADALP, SABA/SABAL, SSRA/USRA/SRSRA/URSRA: the other pipe on both cores);
+ * floating-point multiply and multiply-accumulate (FMUL/FMLA/FMLS vector and by element, scalar
+ * FMUL/FMADD family); other SIMD/FP; loads; stores; branches/system; other scalar.
  * Counting: per translation block, one inline add per class present (a block left early by an
  * exception is counted whole); the counters are shared by all guest threads without atomics, so
  * measure at one thread. The plugin API is declared here (its header is not packaged by Debian).
@@ -43,8 +44,8 @@ __attribute__((visibility("default"))) int qemu_plugin_version = 1;
 
 #define MARK_SYSCALL 0x5F3E  /* no AArch64 Linux syscall has this number: the kernel answers ENOSYS */
 
-enum { DOT, INT_MAC, FP_MAC, SIMD_OTHER, LOAD, STORE, BRANCH, SCALAR, NCLASS };
-static const char *NAMES[NCLASS] = {"dot", "int_mac", "fp_mac", "simd_other", "load", "store", "branch", "scalar"};
+enum { DOT, INT_MAC, INT_ACC, FP_MAC, SIMD_OTHER, LOAD, STORE, BRANCH, SCALAR, NCLASS };
+static const char *NAMES[NCLASS] = {"dot", "int_mac", "int_acc", "fp_mac", "simd_other", "load", "store", "branch", "scalar"};
 static uint64_t counts[NCLASS];
 static FILE *out;
 
@@ -69,15 +70,21 @@ static int simd_class(uint32_t i)
     if (match(i, 0x9F200400, 0x0E200400)) {             /* three same: opcode bits 15:11 */
         uint32_t op = (i >> 11) & 0x1F;
         if (op == 0x12 || op == 0x13 || op == 0x16) return INT_MAC;   /* MLA/MLS, MUL, SQDMULH */
+        if (op == 0x0F) return INT_ACC;                              /* SABA/UABA */
         if (op == 0x19 || op == 0x1B) return FP_MAC;                 /* FMLA/FMLS, FMUL/FMULX */
         return SIMD_OTHER;
     }
     if (match(i, 0x9F200C00, 0x0E200000)) {             /* three different: SMLAL, SMULL, ... */
         uint32_t op = (i >> 12) & 0xF;
+        if (op == 5) return INT_ACC;                                 /* SABAL/UABAL */
         return (op >= 8 && op <= 14) ? INT_MAC : SIMD_OTHER;
     }
     if (match(i, 0x9F3E0C00, 0x0E200800))               /* two-register misc: SADALP/UADALP */
-        return ((i >> 12) & 0x1F) == 6 ? INT_MAC : SIMD_OTHER;
+        return ((i >> 12) & 0x1F) == 6 ? INT_ACC : SIMD_OTHER;
+    if (match(i, 0x9F800400, 0x0F000400) && (i >> 19) & 0xF) {  /* shift by immediate (immh != 0) */
+        uint32_t op = (i >> 11) & 0x1F;
+        return (op == 0x02 || op == 0x06) ? INT_ACC : SIMD_OTHER;   /* [SU]SRA, [SU]RSRA */
+    }
     if (match(i, 0x9F000400, 0x0F000000)) {             /* vector x indexed element */
         uint32_t op = (i >> 12) & 0xF;
         return (op == 1 || op == 5 || op == 9) ? FP_MAC : INT_MAC;

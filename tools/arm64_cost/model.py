@@ -8,13 +8,23 @@ busiest resource (decode width, vector pipes, load/store pipes, integer pipes, b
   Cortex-A76 (Raspberry Pi 5, 2.4 GHz): Arm Cortex-A76 Software Optimization Guide
     (PJDOC-466751330-7215), section 2 (4-wide decode; two ASIMD/FP pipes V0/V1; two load/store
     address pipes; three integer pipes and one branch pipe) and section 3 (dot product and FP
-    multiply-accumulate on V0 and V1, integer multiply-accumulate on V0 only).
+    multiply-accumulate on V0 and V1, integer multiply and multiply-accumulate on V0 only, integer
+    accumulate -- pairwise add-accumulate long, absolute-difference accumulate, shift accumulate --
+    on V1 only).
   Cortex-A72 (Raspberry Pi 4, 1.8 GHz): Arm Cortex-A72 Software Optimization Guide (UAN 0016A),
-    same sections (3-wide decode; ASIMD/FP pipes F0/F1 with integer multiplies on F0 only; one
-    load and one store pipe; two integer pipes and one branch pipe; no dot-product instructions).
+    same sections (3-wide decode; ASIMD/FP pipes F0/F1 with integer multiplies on F0 only and the
+    integer accumulates on F1 only; one load and one store pipe; two integer pipes and one branch
+    pipe; no dot-product instructions).
+  LLVM's scheduling models for these cores (AArch64SchedA57.td, which the A72 uses, and
+  AArch64SchedNeoverseN1.td, the A76's server twin) put the same instructions on the same pipes.
 What it ignores: latencies and dependency chains (a loop bound by one accumulator runs slower),
 caches, memory bandwidth and TLB misses, branch mispredictions, frequency throttling, and the
 other threads of a runtime. So the numbers are lower bounds on a warm core, labelled estimates.
+
+Checked once against a published Raspberry Pi 4 latency (``PUBLISHED``): XNNPACK's README gives
+MobileNet v1 / v2 (1.0, 224) on a Pi 4 (BCM2711) with its end-to-end benchmark, multi-threaded (4
+cores), random weights; the same models run here on LiteRT + XNNPACK at one thread as cortex-a72,
+and the one-thread estimate divided by 4 (perfect scaling, so also a lower bound) is set beside it.
 """
 from __future__ import annotations
 
@@ -25,7 +35,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List
 
-CLASSES = ("dot", "int_mac", "fp_mac", "simd_other", "load", "store", "branch", "scalar")
+# name -> (published ms, threads, source) for the reference workloads (``reference-NAME``).
+PUBLISHED = {
+    "mobilenet_v1": (75.0, 4, "XNNPACK README, Raspberry Pi table, RPi 4 (BCM2711), Feb 12 2020"),
+    "mobilenet_v2": (44.0, 4, "XNNPACK README, Raspberry Pi table, RPi 4 (BCM2711), Feb 12 2020"),
+}
+REFERENCE_PREFIX = "reference-"
+CLASSES = ("dot", "int_mac", "int_acc", "fp_mac", "simd_other", "load", "store", "branch", "scalar")
 
 
 @dataclass(frozen=True)
@@ -37,6 +53,7 @@ class Core:
     decode: int
     vector_pipes: int      # ASIMD/FP pipes for dot, FP MAC and other SIMD
     int_mac_pipes: int     # of them, the ones with integer multipliers
+    int_acc_pipes: int     # of them, the ones that run the integer accumulates (SADALP, SABA, SRA)
     load_store: Dict[str, float]   # per-cycle rates: "load", "store", or "shared" for both
     integer: int
     has_dot: bool
@@ -45,14 +62,15 @@ class Core:
         """Cycles each resource needs for the per-call counts ``n``; "bound" is the largest."""
         if n["dot"] and not self.has_dot:
             raise ValueError(f"{self.name} has no dot-product instructions; this code would not run there")
-        vector = n["dot"] + n["int_mac"] + n["fp_mac"] + n["simd_other"]
+        vector = n["dot"] + n["int_mac"] + n["int_acc"] + n["fp_mac"] + n["simd_other"]
         if "shared" in self.load_store:
             memory = (n["load"] + n["store"]) / self.load_store["shared"]
         else:
             memory = max(n["load"] / self.load_store["load"], n["store"] / self.load_store["store"])
         out = {
             "decode": sum(n[c] for c in CLASSES) / self.decode,
-            "vector": max(vector / self.vector_pipes, n["int_mac"] / self.int_mac_pipes),
+            "vector": max(vector / self.vector_pipes, n["int_mac"] / self.int_mac_pipes,
+                          n["int_acc"] / self.int_acc_pipes),
             "load_store": memory,
             "integer": n["scalar"] / self.integer,
             "branch": n["branch"],
@@ -62,8 +80,8 @@ class Core:
 
 
 CORES = (
-    Core("cortex-a76", "Raspberry Pi 5", "neoverse-n1", 2.4, 4, 2, 1, {"shared": 2.0}, 3, True),
-    Core("cortex-a72", "Raspberry Pi 4", "cortex-a72", 1.8, 3, 2, 1, {"load": 1.0, "store": 1.0}, 2, False),
+    Core("cortex-a76", "Raspberry Pi 5", "neoverse-n1", 2.4, 4, 2, 1, 1, {"shared": 2.0}, 3, True),
+    Core("cortex-a72", "Raspberry Pi 4", "cortex-a72", 1.8, 3, 2, 1, 1, {"load": 1.0, "store": 1.0}, 2, False),
 )
 
 
@@ -112,21 +130,44 @@ def report(counts_root: Path) -> dict:
         row["instructions"], row["total_instructions"] = first["instructions"], first["total_instructions"]
         rows.append(row)
     return {"model": __doc__.split("\n\n")[1].split("\n")[0], "cores": [c.__dict__ for c in CORES],
-            "rows": rows}
+            "rows": [r for r in rows if not r["name"].startswith(REFERENCE_PREFIX)],
+            "reference": [checked(r) for r in rows if r["name"].startswith(REFERENCE_PREFIX)]}
+
+
+def checked(row: dict) -> dict:
+    """A reference row beside its published figure: the 1-thread A72 estimate scaled to the published
+    thread count, and published / estimate (> 1: the model is optimistic by that factor)."""
+    name = row["name"][len(REFERENCE_PREFIX):]
+    est = row["cortex-a72"].get("ms")
+    if name not in PUBLISHED or est is None:
+        return {**row, "published": None}
+    ms, threads, source = PUBLISHED[name]
+    scaled = est / threads
+    return {**row, "published": {"ms": ms, "threads": threads, "source": source},
+            "estimate_scaled_ms": round(scaled, 2), "published_over_estimate": round(ms / scaled, 2)}
 
 
 def markdown(result: dict) -> str:
     """The report as a table: classes as counted for the Pi 5 estimate (neoverse-n1), in millions."""
-    out = ["| workload | M instructions | dot | int MAC | FP MAC | other SIMD | loads | stores | "
-           "Pi 5 (A76) est. ms | M instructions as armv8.0 | Pi 4 (A72) est. ms |", "|" + "---|" * 11]
+    out = ["| workload | M instructions | dot | int MAC | int acc | FP MAC | other SIMD | loads | stores | "
+           "Pi 5 (A76) est. ms | M instructions as armv8.0 | Pi 4 (A72) est. ms |", "|" + "---|" * 12]
     for r in result["rows"]:
         i = r["instructions"]
-        cells = [f"{i[c] / 1e6:.1f}" for c in ("dot", "int_mac", "fp_mac", "simd_other", "load", "store")]
+        cells = [f"{i[c] / 1e6:.1f}" for c in ("dot", "int_mac", "int_acc", "fp_mac", "simd_other", "load", "store")]
         a76, a72 = r["cortex-a76"], r["cortex-a72"]
         cells.append(f"{a76['ms']:.2f} ({a76['bound_by']})" if "ms" in a76 else a76["status"])
         cells.append(f"{a72['total_instructions'] / 1e6:.1f}" if "total_instructions" in a72 else "–")
         cells.append(f"{a72['ms']:.2f} ({a72['bound_by']})" if "ms" in a72 else a72["status"])
         out.append(f"| {r['name']} | {r['total_instructions'] / 1e6:.1f} | " + " | ".join(cells) + " |")
+    checks = [r for r in result.get("reference", []) if r.get("published")]
+    if checks:
+        out += ["", "| reference (LiteRT + XNNPACK fp32) | M instructions as armv8.0 | Pi 4 est. ms, 1 thread | "
+                "est. ms at the published threads | published ms | published / estimate |", "|" + "---|" * 6]
+        for r in checks:
+            a72, pub = r["cortex-a72"], r["published"]
+            out.append(f"| {r['name'][len(REFERENCE_PREFIX):]} | {a72['total_instructions'] / 1e6:.1f} | "
+                       f"{a72['ms']:.2f} ({a72['bound_by']}) | {r['estimate_scaled_ms']:.2f} ({pub['threads']} threads) | "
+                       f"{pub['ms']:.0f} | {r['published_over_estimate']:.2f} |")
     return "\n".join(out) + "\n"
 
 

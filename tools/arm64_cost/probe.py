@@ -2,6 +2,7 @@
 
     python probe.py embed BACKEND PRECISION --model DIR --calls N CROP...
     python probe.py detect DETECTOR --calls N IMAGE
+    python probe.py tflite --calls N MODEL.tflite     # a reference model on LiteRT + XNNPACK, 1 thread
 
 Everything (imports, model load, a warm-up call) happens before marker 1; marker 2 follows
 ``--calls`` identical calls, so (counts at 2 - counts at 1) / calls is one batch-1 face or one image.
@@ -45,6 +46,21 @@ def detect_workload(args):
     return lambda: detector.detect(image)
 
 
+def tflite_workload(args):
+    """A float32 .tflite on LiteRT's default (XNNPACK) resolver at one thread, random input."""
+    import numpy as np
+    from ai_edge_litert.interpreter import Interpreter
+
+    interp = Interpreter(model_path=args.inputs[0], num_threads=1)
+    interp.allocate_tensors()
+    spec = interp.get_input_details()[0]
+    interp.set_tensor(spec["index"], np.random.default_rng(0).random(spec["shape"], np.float32))
+    return interp.invoke
+
+
+WORKLOADS = {"embed": embed_workload, "detect": detect_workload, "tflite": tflite_workload}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="what", required=True)
@@ -54,11 +70,12 @@ def main(argv=None) -> int:
     e.add_argument("--model", required=True)
     d = sub.add_parser("detect")
     d.add_argument("detector")
-    for p in (e, d):
+    t = sub.add_parser("tflite")
+    for p in (e, d, t):
         p.add_argument("--calls", type=int, default=5)
         p.add_argument("inputs", nargs=1)
     args = parser.parse_args(argv)
-    call = embed_workload(args) if args.what == "embed" else detect_workload(args)
+    call = WORKLOADS[args.what](args)
     call()  # warm-up: lazy allocations, first-run paths
     mark(1)
     for _ in range(args.calls):
