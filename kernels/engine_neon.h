@@ -349,35 +349,64 @@ SFPN_NEON_SCHED static void sfpn_conv_gap_v80(const sfpn_eplan *pl, const sfpn_e
     sfpn_gap_end(pl, op, sums, out, o0, o1);
 }
 
-/* armv8.0 depthwise 3x3: activations widened to int16 (no flip), weights int16 per 16-channel
- * group [j][9][16], SMLAL into int32. */
+/* armv8.0 depthwise 3x3, ``pair`` (no weight is -128): activations flipped to int8 as the convs
+ * do, weights int8 per 16-channel group [j][9][16]; SMULL + SMLAL add two taps' products in int16
+ * lanes (at most 32512), SADDW widens them into int32 from corr: 1 multiply per 8 MACs. Otherwise
+ * activations widened to int16 (no flip), weights int16 [j][9][16], SMLAL into int32 (1 per 4). */
+SFPN_INLINE void sfpn_dw_v80_pair_taps(int32x4_t acc[4], int8x16_t xa, int8x16_t wa, const int8x16_t *xb,
+                                      const int8x16_t *wb) {
+    int16x8_t lo = vmull_s8(vget_low_s8(xa), vget_low_s8(wa)), hi = vmull_high_s8(xa, wa);
+    if (xb != NULL) {
+        lo = vmlal_s8(lo, vget_low_s8(*xb), vget_low_s8(*wb));
+        hi = vmlal_high_s8(hi, *xb, *wb);
+    }
+    acc[0] = vaddw_s16(acc[0], vget_low_s16(lo));
+    acc[1] = vaddw_high_s16(acc[1], lo);
+    acc[2] = vaddw_s16(acc[2], vget_low_s16(hi));
+    acc[3] = vaddw_high_s16(acc[3], hi);
+}
+
 SFPN_INLINE void sfpn_dw_v80_m(const sfpn_eplan *pl, const sfpn_eop *op, uint8_t *arena, ptrdiff_t first,
-                               ptrdiff_t end, const int M) {
+                               ptrdiff_t end, const int M, const int pair) {
     const sfpn_ebuf *s = &pl->bufs[op->src], *d = &pl->bufs[op->dst];
     ptrdiff_t taps[9];
     sfpn_taps(s, 3, taps);
     int S = op->cin;
     const uint8_t *src = arena + s->offset + op->src_c0;
     uint8_t *dst = arena + d->offset + op->dst_c0;
-    const int16_t *w16 = (const int16_t *)(const void *)op->w_arm;
     for (int g = 0; g < S / 16; g++) {
-        const int16_t *wg = w16 + (size_t)g * M * 9 * 16;
         for (ptrdiff_t p = first; p < end; p++) {
             const uint8_t *xp = src + p * s->c + 16 * g;
             int32x4_t acc[SFPN_ENGINE_MAX_MULT][4];
-            SFPN_NUNROLL for (int j = 0; j < M; j++)
-                SFPN_NUNROLL for (int v = 0; v < 4; v++) acc[j][v] = vdupq_n_s32(0);
-            SFPN_NUNROLL for (int t = 0; t < 9; t++) {
-                uint8x16_t xb = vld1q_u8(xp + taps[t]);
-                int16x8_t lo = vreinterpretq_s16_u16(vmovl_u8(vget_low_u8(xb)));
-                int16x8_t hi = vreinterpretq_s16_u16(vmovl_high_u8(xb));
+            if (pair) {
+                const int8_t *wg = (const int8_t *)op->w_arm + (size_t)g * M * 9 * 16;
+                int8x16_t x[9];
+                SFPN_NUNROLL for (int t = 0; t < 9; t++) x[t] = sfpn_load_flip(xp + taps[t]);
                 SFPN_NUNROLL for (int j = 0; j < M; j++) {
-                    const int16_t *wt = wg + (j * 9 + t) * 16;
-                    int16x8_t w0 = vld1q_s16(wt), w1 = vld1q_s16(wt + 8);
-                    acc[j][0] = vmlal_s16(acc[j][0], vget_low_s16(lo), vget_low_s16(w0));
-                    acc[j][1] = vmlal_high_s16(acc[j][1], lo, w0);
-                    acc[j][2] = vmlal_s16(acc[j][2], vget_low_s16(hi), vget_low_s16(w1));
-                    acc[j][3] = vmlal_high_s16(acc[j][3], hi, w1);
+                    const int8_t *wj = wg + j * 9 * 16;
+                    SFPN_NUNROLL for (int v = 0; v < 4; v++) acc[j][v] = vld1q_s32(op->corr + j * S + 16 * g + 4 * v);
+                    SFPN_NUNROLL for (int t = 0; t < 8; t += 2) {
+                        int8x16_t wb = vld1q_s8(wj + (t + 1) * 16);
+                        sfpn_dw_v80_pair_taps(acc[j], x[t], vld1q_s8(wj + t * 16), &x[t + 1], &wb);
+                    }
+                    sfpn_dw_v80_pair_taps(acc[j], x[8], vld1q_s8(wj + 8 * 16), NULL, NULL);
+                }
+            } else {
+                const int16_t *wg = (const int16_t *)(const void *)op->w_arm + (size_t)g * M * 9 * 16;
+                SFPN_NUNROLL for (int j = 0; j < M; j++)
+                    SFPN_NUNROLL for (int v = 0; v < 4; v++) acc[j][v] = vdupq_n_s32(0);
+                SFPN_NUNROLL for (int t = 0; t < 9; t++) {
+                    uint8x16_t xb = vld1q_u8(xp + taps[t]);
+                    int16x8_t lo = vreinterpretq_s16_u16(vmovl_u8(vget_low_u8(xb)));
+                    int16x8_t hi = vreinterpretq_s16_u16(vmovl_high_u8(xb));
+                    SFPN_NUNROLL for (int j = 0; j < M; j++) {
+                        const int16_t *wt = wg + (j * 9 + t) * 16;
+                        int16x8_t w0 = vld1q_s16(wt), w1 = vld1q_s16(wt + 8);
+                        acc[j][0] = vmlal_s16(acc[j][0], vget_low_s16(lo), vget_low_s16(w0));
+                        acc[j][1] = vmlal_high_s16(acc[j][1], lo, w0);
+                        acc[j][2] = vmlal_s16(acc[j][2], vget_low_s16(hi), vget_low_s16(w1));
+                        acc[j][3] = vmlal_high_s16(acc[j][3], hi, w1);
+                    }
                 }
             }
             uint8_t *out = dst + p * d->c + 16 * g;
@@ -391,11 +420,15 @@ SFPN_NEON_SCHED static void sfpn_dwconv_v80(const sfpn_eplan *pl, const sfpn_eop
     const sfpn_ebuf *d = &pl->bufs[op->dst];
     ptrdiff_t lo, hi;
     sfpn_flat_share(&pl->bufs[op->src], part, &lo, &hi);
-    switch (op->mult) {
-        case 1: sfpn_dw_v80_m(pl, op, arena, lo, hi, 1); break;
-        case 2: sfpn_dw_v80_m(pl, op, arena, lo, hi, 2); break;
-        case 3: sfpn_dw_v80_m(pl, op, arena, lo, hi, 3); break;
-        default: sfpn_dw_v80_m(pl, op, arena, lo, hi, 4); break;
+    switch (op->mult * 2 + op->arm_pair) {
+        case 2: sfpn_dw_v80_m(pl, op, arena, lo, hi, 1, 0); break;
+        case 3: sfpn_dw_v80_m(pl, op, arena, lo, hi, 1, 1); break;
+        case 4: sfpn_dw_v80_m(pl, op, arena, lo, hi, 2, 0); break;
+        case 5: sfpn_dw_v80_m(pl, op, arena, lo, hi, 2, 1); break;
+        case 6: sfpn_dw_v80_m(pl, op, arena, lo, hi, 3, 0); break;
+        case 7: sfpn_dw_v80_m(pl, op, arena, lo, hi, 3, 1); break;
+        case 8: sfpn_dw_v80_m(pl, op, arena, lo, hi, 4, 0); break;
+        default: sfpn_dw_v80_m(pl, op, arena, lo, hi, 4, 1); break;
     }
     sfpn_clear_junk(d, arena + d->offset, op->dst_c0, op->cout, lo, hi);
 }
@@ -440,12 +473,18 @@ static void sfpn_neon_pack(const sfpn_ebuf *s, sfpn_eop *op, uint8_t *mem, int d
                                 *w++ = 4 * q + i < 9 ? op->w_port[((size_t)j * 9 + 4 * q + i) * S + 16 * g + c] : 0;
             return;
         }
+        op->arm_pair = 1;   /* [S / 16][j][9][16]: int8 when no weight is -128, else int16 */
+        for (size_t i = 0; i < (size_t)op->mult * 9 * S; i++)
+            if (op->w_port[i] == -128) op->arm_pair = 0;
         int16_t *w16 = (int16_t *)(void *)w;
         for (int g = 0; g < S / 16; g++)
             for (int j = 0; j < op->mult; j++)
                 for (int t = 0; t < 9; t++)
-                    for (int i = 0; i < 16; i++)
-                        *w16++ = op->w_port[((size_t)j * 9 + t) * S + 16 * g + i];
+                    for (int i = 0; i < 16; i++) {
+                        int8_t v = op->w_port[((size_t)j * 9 + t) * S + 16 * g + i];
+                        if (op->arm_pair) *w++ = v;
+                        else *w16++ = v;
+                    }
         return;
     }
     sfpn_run runs[9];

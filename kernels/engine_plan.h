@@ -25,7 +25,7 @@ typedef struct {
     const int8_t *w_arm;        /* weights packed for the NEON kernels (engine_neon.h) */
     const int32_t *corr;        /* NEON: per output channel, 128 * sum of its weights */
     size_t arm_block;           /* NEON conv: bytes per packed channel block */
-    int arm_pair;               /* armv8.0 conv: no weight is -128 (two products fit in int16) */
+    int arm_pair;               /* armv8.0 conv, depthwise: no weight is -128 (two products fit in int16) */
     const float *scale, *bias;  /* per output channel, zero-padded to a multiple of 16 */
 } sfpn_eop;
 
