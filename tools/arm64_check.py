@@ -240,7 +240,7 @@ def main(argv=None) -> int:
     p = sub.add_parser("embed")
     p.add_argument("out")
     p.add_argument("--model", required=True)
-    p.add_argument("--backend", required=True, choices=["onnxruntime", "openvino", "litert"])
+    p.add_argument("--backend", required=True, choices=["onnxruntime", "openvino", "litert", "native"])
     p.add_argument("crops", nargs="+")
     p = sub.add_parser("compare")
     p.add_argument("host")
