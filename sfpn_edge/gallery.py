@@ -725,15 +725,14 @@ class FaceGallery:
         if matrix is None:
             with self._snapshot() as db:
                 state = self._matrix_state(db)
-                chunks = self._matrix_chunks(db, state.calibration)
                 fields = dict(gallery_id=state.gallery_id, storage=self.storage, dim=state.dim, count=state.identities,
                               seq=state.seq, calibration=state.calibration_checksum)
-                matrix = None
-                if writable:
+                cal = state.calibration
+                if writable:  # else, or when the directory refuses the file: in memory
                     with contextlib.suppress(OSError):
-                        matrix = gallery_matrix.create(path, chunks=chunks, **fields)
+                        matrix = gallery_matrix.create(path, chunks=self._matrix_chunks(db, cal), **fields)
                 if matrix is None:
-                    matrix = gallery_matrix.create(None, chunks=self._matrix_chunks(db, state.calibration), **fields)
+                    matrix = gallery_matrix.create(None, chunks=self._matrix_chunks(db, cal), **fields)
         return _MatrixIndex(self, matrix, state)
 
     def _matrix_state(self, db: sqlite3.Connection) -> "_MatrixState":
