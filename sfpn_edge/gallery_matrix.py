@@ -214,8 +214,8 @@ def load(path: Path, *, gallery_id: str, storage: str, dim: int, writable: bool
 def create(path: Optional[Path], *, gallery_id: str, storage: str, dim: int, count: int, seq: int,
            calibration: int, chunks: Iterable[Tuple[np.ndarray, np.ndarray]]) -> Matrix:
     """A matrix of ``count`` rows from ``chunks`` of (identity ids, templates [m, dim]), with room to
-    grow. ``path``: written beside it, fsynced and renamed into place (OSError: nothing replaced);
-    None: in memory."""
+    grow by a quarter (at least 1024 rows). ``path``: written beside it, fsynced and renamed into
+    place (OSError: nothing replaced); None: in memory."""
     capacity = count + max(count // 4, 1024)
     size = _layout(storage, dim, capacity)[1]
     if path is None:
@@ -223,7 +223,9 @@ def create(path: Optional[Path], *, gallery_id: str, storage: str, dim: int, cou
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with open(fd, "r+b") as fh:
-            fh.truncate(size)  # sparse: the room to grow costs no disk until used
+            # Allocated, not sparse: a full disk fails here (OSError: kept in memory), never later
+            # as a SIGBUS while writing into the map.
+            os.posix_fallocate(fh.fileno(), 0, size)
             data = np.memmap(fh, np.uint8, "r+", shape=(size,))
             matrix = _fill(path, data, storage, dim, gallery_id, capacity, seq, calibration, chunks)
             os.fsync(fh.fileno())

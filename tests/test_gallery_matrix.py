@@ -152,7 +152,7 @@ def test_damaged_matrix_is_rebuilt_never_served(tmp_path, kind):
     assert check_file(db)[1] == "ok"
 
 
-def test_fifo_or_unwritable_dir_is_searched_in_memory(tmp_path, monkeypatch):
+def test_fifo_full_disk_or_unwritable_dir_is_searched_in_memory(tmp_path, monkeypatch):
     db = tmp_path / "g.db"
     enrolled(db)
     expected = answers(db)
@@ -161,6 +161,13 @@ def test_fifo_or_unwritable_dir_is_searched_in_memory(tmp_path, monkeypatch):
     assert answers(db) == expected
     assert os.path.exists(matrix_file(db)) and not matrix_file(db).is_file()  # left alone, never opened
     matrix_file(db).unlink()
+
+    def full(*_):
+        raise OSError(28, "No space left on device")
+    with monkeypatch.context() as patch:
+        patch.setattr(gallery_matrix.os, "posix_fallocate", full)
+        assert answers(db) == expected
+    assert sorted(p.name for p in tmp_path.iterdir() if "matrix" in p.name) == []  # no file, no temp file
 
     def refused(*_, **__):
         raise PermissionError(13, "Read-only file system")
