@@ -1,4 +1,4 @@
-"""Persistent face gallery: identities and their embeddings in SQLite, searched in memory.
+"""Persistent face gallery: identities and their embeddings in SQLite, searched through a mapped matrix.
 
     with FaceGallery("people.db", model_sha256=sha, dim=1000) as gallery:
         gallery.enroll("ada", embeddings)             # [n, D] float32, one identity, atomic
@@ -13,10 +13,15 @@ or removal is one transaction, so a process killed at any moment loses at most t
 flight; readers in other processes see committed states only and pick up changes on their
 next search (``PRAGMA data_version``). A new file appears atomically, fully initialised.
 
-Identities are matched through an in-memory ``sfpn_edge.score.Gallery`` (fp32, fp16 or int8
-storage) over one template per identity: the normalised mean of its embeddings
-(``template="mean"``, the default: +6 points top-1 over ``"all"`` embeddings on CFP frontal
-enrolment / profile probes, see ``DEFAULT_TEMPLATE``) or every embedding (best one counts).
+Identities are matched through a ``sfpn_edge.score.Gallery`` (fp32, fp16 or int8 storage) over
+one template per identity: the normalised mean of its embeddings (``template="mean"``, the default:
++6 points top-1 over ``"all"`` embeddings on CFP frontal enrolment / profile probes, see
+``DEFAULT_TEMPLATE``) or every embedding (best one counts). With templates (format 5) the index is
+the matrix file beside the db (``people.db.int8.matrix``, ``sfpn_edge.gallery_matrix``), mapped,
+not loaded: triggers log the identity of every row change (``template_changes``), writers update
+the file in place after each write, readers catch up on the log in memory, and a missing, stale or
+damaged file is rebuilt (in memory when read-only); names and raw re-scoring read only the rows
+found. ``"all"`` (and formats 1-4 opened read-only) read every row into memory.
 
 Self-calibration (format 4): the gallery fits its own calibration on its stored embeddings
 (``sfpn_edge.gallery_calibration``: centring from 50 photos, LDA once identities allow, thresholds
@@ -29,7 +34,8 @@ for its calibrated scores, ``identify_batch(calibrated=False)`` the raw scores o
 Damage is refused, never served: only regular files are opened (a FIFO or device as the path
 fails at once); opening for writing runs ``PRAGMA quick_check``; every embedding read is checked
 (size, finite, unit norm, row checksum); ``check_gallery`` (``sfpn-edge gallery check``) runs all
-of it on demand. Older files (format 1: no checksums; 2: no photo hashes; 3: no calibration) are read as they are
+of it on demand. Older files (format 1: no checksums; 2: no photo hashes; 3: no calibration; 4: no
+change log) are read as they are
 and upgraded in one transaction when opened for writing; ``open_gallery`` opens a file with the
 model and size recorded in it (the ``sfpn-edge gallery`` commands, which need no model).
 
@@ -51,11 +57,11 @@ import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Sequence, Union
+from typing import Dict, Iterable, Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from sfpn_edge import bounded_read, gallery_calibration, thresholds
+from sfpn_edge import bounded_read, gallery_calibration, gallery_matrix, thresholds
 from sfpn_edge.calibration import Calibration, check_entry_version, from_entry
 from sfpn_edge.errors import ModelError, SfpnError
 from sfpn_edge.gallery_format import FORMAT, FORMAT_VERSION, GalleryError
@@ -104,6 +110,34 @@ CREATE TABLE IF NOT EXISTS calibration (
     checksum INTEGER NOT NULL
 )
 """
+# Format 5: the identity of every embedding row added, removed or changed, in order (``seq``),
+# logged by triggers (so by any writer, even a raw SQL edit), so the search matrix beside the file
+# (``sfpn_edge.gallery_matrix``) catches up on them instead of being rebuilt; about the newest
+# CHANGE_LOG_ROWS are kept. meta's ``gallery_id`` tells the matrix files of this gallery.
+CHANGE_LOG_ROWS = 100_000
+_CHANGES_SCHEMA = """
+CREATE TABLE IF NOT EXISTS template_changes (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    identity INTEGER NOT NULL
+)
+"""
+_CHANGE_TRIGGERS = (
+    "CREATE TRIGGER IF NOT EXISTS embedding_added AFTER INSERT ON embeddings BEGIN "
+    "INSERT INTO template_changes (identity) VALUES (NEW.identity); END",
+    "CREATE TRIGGER IF NOT EXISTS embedding_removed AFTER DELETE ON embeddings BEGIN "
+    "INSERT INTO template_changes (identity) VALUES (OLD.identity); END",
+    "CREATE TRIGGER IF NOT EXISTS embedding_changed AFTER UPDATE ON embeddings BEGIN "
+    "INSERT INTO template_changes (identity) VALUES (OLD.identity), (NEW.identity); END",
+    "CREATE TRIGGER IF NOT EXISTS change_log_trimmed AFTER INSERT ON template_changes WHEN NEW.seq % 1024 = 0 "
+    f"BEGIN DELETE FROM template_changes WHERE seq <= NEW.seq - {CHANGE_LOG_ROWS}; END",
+)
+# A matrix file behind by more changed identities than this (and an eighth of its rows) is
+# rebuilt rather than caught up; with more removed rows than MAX_TOMBSTONES (fp16/fp32: searched
+# k + that many rows) too.
+CATCH_UP_MIN = 4096
+MAX_TOMBSTONES = 1024
+MATRIX_CHUNK = 4096  # identities read per query while building a matrix
+NAME_ATTEMPTS = 10  # searches retried when the gallery changed between search and name lookup
 # Automatic refits after enrolments and removals: when the photos support another stage (none,
 # centring, LDA) or REFIT_CHANGE more LDA dimensions, or REFIT_CHANGE of the photos fitted on were
 # added or removed.
@@ -253,7 +287,8 @@ class FaceGallery:
     def _upgrade(self) -> None:
         """To the current format in one transaction: 1 -> 2 adds and fills the row checksums
         (rows checked first), 2 -> 3 adds the (unknown, NULL) photo hashes, 3 -> 4 the (empty)
-        calibration table: the next enrolment or ``recalibrate`` fits it."""
+        calibration table: the next enrolment or ``recalibrate`` fits it; 4 -> 5 the (empty)
+        change log and the gallery id."""
         with self._transaction() as db:
             columns = [row[1] for row in db.execute("PRAGMA table_info(embeddings)")]
             if "checksum" not in columns:
@@ -271,6 +306,12 @@ class FaceGallery:
             if self.format_version < 4:
                 db.execute(_CALIBRATION_SCHEMA)
                 db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('row_changes', '0')")
+            if self.format_version < 5:
+                db.execute(_CHANGES_SCHEMA)
+                for trigger in _CHANGE_TRIGGERS:
+                    db.execute(trigger)
+                db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('gallery_id', ?)",
+                           (gallery_matrix.new_gallery_id(),))
             db.execute("UPDATE meta SET value = ? WHERE key = 'format_version'", (str(FORMAT_VERSION),))
             db.execute(f"PRAGMA user_version = {FORMAT_VERSION}")
         self.format_version = FORMAT_VERSION
@@ -303,7 +344,7 @@ class FaceGallery:
         self._require_writable()
         with self._transaction() as db:
             enrolled = [self._insert(db, *item, replace) for item in checked]
-        self._refit_if_due(calibrate)
+        self._after_write(calibrate)
         return enrolled
 
     def _insert(self, db: sqlite3.Connection, name: str, vectors: np.ndarray, sources: list, hashes: list,
@@ -334,7 +375,7 @@ class FaceGallery:
         with self._transaction() as db:
             _count_changes(db, _rows_of(db, name))
             removed = db.execute("DELETE FROM identities WHERE name = ?", (name,)).rowcount
-        self._refit_if_due(calibrate and removed > 0)
+        self._after_write(calibrate and removed > 0)
         return removed > 0
 
     def remove_many(self, names: Sequence[str], *, calibrate: bool = True) -> None:
@@ -345,7 +386,15 @@ class FaceGallery:
                 _count_changes(db, _rows_of(db, name))
                 if db.execute("DELETE FROM identities WHERE name = ?", (name,)).rowcount == 0:
                     raise GalleryError(f"{self.path}: {name!r} is not enrolled; nothing was removed")
+        self._after_write(calibrate)
+
+    def _after_write(self, calibrate: bool) -> None:
+        """Refit when due, then bring the matrix file up to date (the write itself is committed: a
+        damaged row or a full disk shows on the next search, not here)."""
         self._refit_if_due(calibrate)
+        if self._matrix_path() is not None:
+            with contextlib.suppress(GalleryError, OSError):
+                self._current_index()
 
     # -- the gallery's own calibration -----------------------------------------------------
 
@@ -379,6 +428,7 @@ class FaceGallery:
             if cal is not None:
                 db.execute("INSERT INTO calibration (id, entry, mean, projection, checksum) VALUES (1, ?, ?, ?, ?)",
                            _calibration_row(cal))
+        self._after_write(False)
         return cal
 
     def refit_due(self) -> bool:
@@ -482,6 +532,7 @@ class FaceGallery:
             db.execute("UPDATE identities SET name = ? WHERE id = ?", (new, row[0]))
             db.executemany("UPDATE embeddings SET checksum = ? WHERE id = ?",
                            [(row_checksum(new, self._blob(vector)), ident) for ident, vector, _ in rows])
+        self._after_write(False)
         return Identity(new, len(rows), row[1])
 
     def _require_writable(self) -> None:
@@ -577,23 +628,37 @@ class FaceGallery:
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
             raise ValueError(f"k must be a positive integer, got {k!r}")
         probes = self._check_embeddings(probes)
+        for _ in range(NAME_ATTEMPTS):
+            out = self._identify_once(probes, int(k), calibrated)
+            if out is not None:
+                return out
+            self._index = None
+        raise GalleryError(f"{self.path}: the gallery changed during each of {NAME_ATTEMPTS} searches; try again")
+
+    def _identify_once(self, probes: np.ndarray, k: int, calibrated: Optional[bool]) -> Optional[List[List[Match]]]:
+        """``identify_batch`` on the current index; None when the gallery changed before the names
+        of the rows found could be read (the matrix index reads them from the store)."""
         ix = self._current_index()
         if ix.search is None:
             return [[] for _ in probes]
         cal = ix.calibration
-        k = min(int(k), ix.identities)
+        k = min(k, ix.identities)
         # The k best identities' best rows are among the top (k-1)*m+1 rows (m = most rows
-        # per identity), so this many rows always suffice; with templates m == 1.
-        rows = min(len(ix.names), (k - 1) * ix.per_identity + 1)
+        # per identity), so this many rows always suffice; with templates m == 1; plus the
+        # removed rows a matrix may still search (``skip``).
+        rows = min(ix.rows, (k - 1) * ix.per_identity + 1 + ix.skip)
         idx, scores = ix.search.topk(probes if cal is None else cal.apply(probes), rows)
+        names = ix.names(idx)
+        if names is None:
+            return None
         raw = cal is not None and not (bool(cal.operating_points) if calibrated is None else calibrated)
         out = []
-        for probe, row_idx, row_scores in zip(probes, idx, scores):
+        for probe, row_names, row_scores in zip(probes, names, scores.tolist()):
             seen, matches = set(), []
-            for i, s in zip(row_idx.tolist(), row_scores.tolist()):
-                if ix.names[i] not in seen:
-                    seen.add(ix.names[i])
-                    matches.append(Match(ix.names[i], float(ix.raw_score(probe, ix.names[i])) if raw else float(s)))
+            for name, s in zip(row_names, row_scores):
+                if name is not None and name not in seen:
+                    seen.add(name)
+                    matches.append(Match(name, float(ix.raw_score(probe, name)) if raw else float(s)))
                 if len(matches) == k:
                     break
             out.append(matches)
@@ -609,7 +674,12 @@ class FaceGallery:
     def _query_version(self) -> int:
         return self._query("PRAGMA data_version")[0][0]
 
-    def _build_index(self) -> "_Index":
+    def _build_index(self) -> Union["_Index", "_MatrixIndex"]:
+        path = self._matrix_path()
+        return self._memory_index() if path is None else self._matrix_index(path)
+
+    def _memory_index(self) -> "_Index":
+        """Every row read and checked, templates built and searched in memory."""
         rows = self._query(f"SELECT i.name, e.vector, {self._checksums} FROM embeddings e JOIN identities i "
                            "ON i.id = e.identity ORDER BY i.id, e.id")
         cal = self.stored_calibration() if self.use_calibration else None
@@ -626,6 +696,101 @@ class FaceGallery:
             rows_of.setdefault(name, []).append(i)
         return _Index(Gallery(np.ascontiguousarray(vectors, np.float32), storage=self.storage), names,
                       per_identity, len(rows_of), cal, raw_rows, rows_of)
+
+    # -- the search matrix file (SQLite, template "mean", format 5) -------------------------
+
+    def _matrix_path(self) -> Optional[Path]:
+        """The search matrix beside the file (``sfpn_edge.gallery_matrix``); None: searched in memory
+        (template "all", a format before 5)."""
+        if self.template != "mean" or self.format_version < 5:
+            return None
+        return self.path.with_name(f"{self.path.name}.{self.storage}{'' if self.use_calibration else '-raw'}.matrix")
+
+    def _matrix_index(self, path: Path) -> "_MatrixIndex":
+        """The matrix of the current state: the file as it is, caught up on the identities changed
+        since it was written, or rebuilt; kept in memory when the gallery is read-only, the file
+        cannot be written or something other than a file is in its place."""
+        matrix, writable = None, not self.readonly
+        try:
+            with (self._snapshot() if self.readonly else self._transaction()) as db:
+                state = self._matrix_state(db)
+                matrix, _ = gallery_matrix.load(path, gallery_id=state.gallery_id, storage=self.storage,
+                                                dim=state.dim, writable=writable)
+                if matrix is not None and not self._catch_up(db, matrix, state):
+                    matrix = None
+        except gallery_matrix.MatrixRefused:
+            writable = False
+        except OSError:
+            matrix = None
+        if matrix is None:
+            with self._snapshot() as db:
+                state = self._matrix_state(db)
+                fields = dict(gallery_id=state.gallery_id, storage=self.storage, dim=state.dim, count=state.identities,
+                              seq=state.seq, calibration=state.calibration_checksum)
+                cal = state.calibration
+                if writable:  # else, or when the directory refuses the file: in memory
+                    with contextlib.suppress(OSError):
+                        matrix = gallery_matrix.create(path, chunks=self._matrix_chunks(db, cal), **fields)
+                if matrix is None:
+                    matrix = gallery_matrix.create(None, chunks=self._matrix_chunks(db, cal), **fields)
+        return _MatrixIndex(self, matrix, state)
+
+    def _matrix_state(self, db: sqlite3.Connection) -> "_MatrixState":
+        meta = dict(db.execute("SELECT key, value FROM meta WHERE key = 'gallery_id'").fetchall())
+        gallery_id = str(meta.get("gallery_id", ""))
+        if not re.fullmatch(r"[0-9a-f]{32}", gallery_id):
+            raise GalleryError(f"{self.path}: damaged gallery: gallery_id {gallery_id!r} in its meta table")
+        seq, first = db.execute("SELECT COALESCE(MAX(seq), 0), COALESCE(MIN(seq), 1) FROM template_changes").fetchone()
+        cal = self.stored_calibration() if self.use_calibration else None
+        checksum = (db.execute("SELECT checksum FROM calibration WHERE id = 1").fetchone()[0] if cal is not None
+                    else gallery_matrix.NO_CALIBRATION)
+        identities = db.execute("SELECT COUNT(*) FROM identities").fetchone()[0]
+        return _MatrixState(gallery_id, int(seq), int(first), cal, int(checksum), identities,
+                            self.dim if cal is None else cal.dim_out, db.execute("PRAGMA data_version").fetchone()[0])
+
+    def _catch_up(self, db: sqlite3.Connection, matrix: gallery_matrix.Matrix, state: "_MatrixState") -> bool:
+        """Bring ``matrix`` to ``state`` from the change log; False: it must be rebuilt instead."""
+        if matrix.calibration != state.calibration_checksum or matrix.seq > state.seq:
+            return False
+        if matrix.seq == state.seq:
+            return True
+        if matrix.seq < state.first_seq - 1:
+            return False  # the log no longer reaches back to it
+        changed = [i for (i,) in db.execute("SELECT DISTINCT identity FROM template_changes WHERE seq > ?",
+                                            (matrix.seq,))]
+        if len(changed) > max(CATCH_UP_MIN, matrix.live // 8):
+            return False
+        parts = list(self._matrix_chunks(db, state.calibration, changed))
+        ids = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0, np.int64)
+        templates = np.concatenate([p[1] for p in parts]) if parts else np.zeros((0, state.dim), np.float32)
+        return matrix.update(np.array(changed, np.int64), ids, templates, state.seq, MAX_TOMBSTONES)
+
+    def _matrix_chunks(self, db: sqlite3.Connection, cal: Optional[Calibration],
+                       identities: Optional[List[int]] = None) -> Iterator[Tuple[np.ndarray, np.ndarray]]:
+        """(identity ids, calibrated mean templates) of ``identities`` (None: all), rows checked,
+        read ``MATRIX_CHUNK`` identities at a time."""
+        if identities is None:
+            identities = [i for (i,) in db.execute("SELECT id FROM identities ORDER BY id")]
+        for start in range(0, len(identities), MATRIX_CHUNK):
+            part = identities[start:start + MATRIX_CHUNK]
+            found = []
+            for sub in range(0, len(part), 500):  # SQLite's bound-parameter limit
+                ids = part[sub:sub + 500]
+                found += db.execute(f"SELECT e.identity, i.name, e.vector, {self._checksums} FROM embeddings e "
+                                    "JOIN identities i ON i.id = e.identity WHERE e.identity IN "
+                                    f"({', '.join('?' * len(ids))}) ORDER BY e.identity, e.id", tuple(ids)).fetchall()
+            if not found:
+                continue
+            owner = np.array([row[0] for row in found], np.int64)
+            raw = np.stack([self._vector(*row[1:]) for row in found])
+            _, first = np.unique(owner, return_index=True)
+            first = np.sort(first)
+            yield owner[first], _normalise(np.add.reduceat(raw if cal is None else cal.apply(raw), first, axis=0))
+
+    def _raw_template_score(self, probe: np.ndarray, name: str) -> float:
+        """Raw cosine of a unit ``probe`` with ``name``'s raw template, from its stored rows."""
+        rows = self.embeddings(name)
+        return float(_normalise(rows.sum(axis=0, keepdims=True))[0] @ probe)
 
     def _templates(self, names: List[str], vectors: np.ndarray):
         """(rows to search, their names, most rows per name) for this gallery's template."""
@@ -762,7 +927,7 @@ def check_gallery(path: Union[str, os.PathLike]) -> dict:
         if gallery._foreign_key_check():
             raise GalleryError(f"{gallery.path}: damaged gallery: PRAGMA foreign_key_check found embeddings "
                                "without an identity")
-        rows = len(gallery._build_index().names)
+        rows = gallery._build_index().rows
         gallery.stored_calibration()
         return {"db": str(gallery.path), "format_version": gallery.format_version, "model_sha256": gallery.model_sha256,
                 "descriptor_dim": gallery.dim, "identities": len(gallery), "embeddings": rows,
@@ -775,16 +940,70 @@ class _Index:
     most rows per name, identities, the calibration in use, and raw rows for raw re-scoring."""
 
     search: Optional[Gallery]
-    names: List[str]
+    names_of_rows: List[str]
     per_identity: int
     identities: int
     calibration: Optional[Calibration]
     raw_rows: np.ndarray
     rows_of: Dict[str, List[int]]
+    skip = 0
+
+    @property
+    def rows(self) -> int:
+        return len(self.names_of_rows)
+
+    def names(self, idx: np.ndarray) -> List[List[str]]:
+        """The names of rows ``idx`` [P, r]."""
+        return [[self.names_of_rows[i] for i in row] for row in idx.tolist()]
 
     def raw_score(self, probe: np.ndarray, name: str) -> float:
         """Raw cosine of a unit ``probe`` with ``name``'s template (its best row with template "all")."""
         return float((self.raw_rows[self.rows_of[name]] @ probe).max())
+
+
+class _MatrixState(NamedTuple):
+    """What a matrix must reflect: the gallery's id, the change log's newest and oldest seq, the
+    calibration in use and its checksum, identities, template size; the store's data_version then."""
+
+    gallery_id: str
+    seq: int
+    first_seq: int
+    calibration: Optional[Calibration]
+    calibration_checksum: int
+    identities: int
+    dim: int
+    version: int
+
+
+class _MatrixIndex:
+    """The search state over a matrix (``sfpn_edge.gallery_matrix``): its rows searched where they
+    are (mapped), names read from the store for the rows found, raw scores from their stored rows."""
+
+    per_identity = 1
+
+    def __init__(self, gallery: FaceGallery, matrix: gallery_matrix.Matrix, state: _MatrixState):
+        self.gallery, self.matrix, self.calibration, self.version = gallery, matrix, state.calibration, state.version
+        self.identities, self.rows = matrix.live, matrix.count
+        self.search = matrix.gallery() if matrix.live else None
+        self.skip = 0 if matrix.storage == "int8" else matrix.tombstones  # int8: removed rows score -1e30
+
+    def names(self, idx: np.ndarray) -> Optional[List[List[Optional[str]]]]:
+        """Names of rows ``idx`` [P, r] (None: removed), read in one snapshot; None when the
+        gallery changed since the matrix was made (a row's identity id may name someone else)."""
+        ids = self.matrix.ids[idx]
+        wanted = sorted({int(i) for i in np.unique(ids) if i >= 0})
+        with self.gallery._snapshot() as db:
+            if db.execute("PRAGMA data_version").fetchone()[0] != self.version:
+                return None
+            found: Dict[int, str] = {}
+            for start in range(0, len(wanted), 500):
+                part = wanted[start:start + 500]
+                found.update(db.execute(f"SELECT id, name FROM identities WHERE id IN ({', '.join('?' * len(part))})",
+                                        tuple(part)).fetchall())
+        return [[found.get(i) for i in row] for row in ids.tolist()]
+
+    def raw_score(self, probe: np.ndarray, name: str) -> float:
+        return self.gallery._raw_template_score(probe, name)
 
 
 def _rows_of(db: sqlite3.Connection, name: str) -> int:
@@ -927,13 +1146,16 @@ def _create(path: Path, model_sha256: str, dim: int) -> None:
             db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
             db.execute("PRAGMA user_version = %d" % FORMAT_VERSION)
             db.execute("BEGIN")
-            for statement in (_SCHEMA + ";" + _CALIBRATION_SCHEMA).split(";"):
+            for statement in (_SCHEMA + ";" + _CALIBRATION_SCHEMA + ";" + _CHANGES_SCHEMA).split(";"):
                 if statement.strip():
                     db.execute(statement)
+            for trigger in _CHANGE_TRIGGERS:
+                db.execute(trigger)
             db.executemany("INSERT INTO meta (key, value) VALUES (?, ?)", [
                 ("format", FORMAT), ("format_version", str(FORMAT_VERSION)),
                 ("model_sha256", model_sha256), ("descriptor_dim", str(dim)),
                 ("created", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())), ("row_changes", "0"),
+                ("gallery_id", gallery_matrix.new_gallery_id()),
             ])
             db.execute("COMMIT")
             db.execute("PRAGMA journal_mode = WAL")

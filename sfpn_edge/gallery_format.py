@@ -4,7 +4,9 @@ from __future__ import annotations
 from sfpn_edge.errors import SfpnError
 
 FORMAT = "sfpn-edge-gallery"
-FORMAT_VERSION = 4  # 2 added embeddings.checksum, 3 embeddings.photo_sha256, 4 the calibration table
+# 2 added embeddings.checksum, 3 embeddings.photo_sha256, 4 the calibration table, 5 the change log
+# (template_changes, meta gallery_id: the SQLite gallery's matrix file; a server has none)
+FORMAT_VERSION = 5
 
 
 class GalleryError(SfpnError):

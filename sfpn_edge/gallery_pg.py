@@ -148,6 +148,10 @@ class PgStore:
         if rows != [(f"vector({self.dim})",)]:
             raise GalleryError(f"{self.path}: damaged gallery: embeddings.vector is {rows}, not vector({self.dim})")
 
+    def _matrix_path(self) -> None:
+        """No matrix file: a server gallery is searched in memory over the fetched rows."""
+        return None
+
     def _foreign_key_check(self) -> list:
         return self._query("SELECT e.id FROM embeddings e LEFT JOIN identities i ON i.id = e.identity "
                            "WHERE i.id IS NULL")

@@ -197,7 +197,7 @@ class Gallery:
     """
 
     def __init__(self, embeddings=None, storage: str = "fp32", *, dim: Optional[int] = None,
-                 threads: Optional[int] = None, center=None):
+                 threads: Optional[int] = None, center=None, turn: Optional[np.ndarray] = None):
         if storage not in STORAGES:
             raise ValueError(f"storage must be one of {STORAGES}, got {storage!r}")
         if dim is not None and (isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim < 1):
@@ -206,6 +206,7 @@ class Gallery:
         self.threads = None if threads is None else check_threads(threads)
         self.dim = None if dim is None else int(dim)
         self.center = None
+        self.turn = turn  # int8: the rotation of the codes (None: ``rotation(D)``, made on first use)
         if center is not None:
             c = as_descriptors(center, "center")
             if c.shape[0] != 1:
@@ -247,28 +248,46 @@ class Gallery:
 
     def _int8_probe(self, x: np.ndarray):
         """Residual codes of unit-norm ``x`` (see the class docstring) and ``x . centre``."""
-        q, scale, rowsum = _k.quantize_int8((x - self.center) @ rotation(self.dim))
+        if self.turn is None:
+            self.turn = rotation(self.dim)
+        q, scale, rowsum = _k.quantize_int8((x - self.center) @ self.turn)
         return q, scale, rowsum, x @ self.center
 
-    def add(self, embeddings) -> np.ndarray:
-        """Append descriptors [N, D] (or one [D]); returns their row ids."""
+    @classmethod
+    def over(cls, columns: dict, n: int, storage: str, center=None, turn: Optional[np.ndarray] = None, *,
+             threads: Optional[int] = None) -> "Gallery":
+        """A gallery searching ``n`` rows of existing ``columns`` (as :meth:`encode` makes them, e.g.
+        memory-mapped from a file; int8: with their ``center`` and ``turn``) without copying them;
+        for searching, not for adding."""
+        gallery = cls(storage=storage, dim=columns["rows"].shape[1], threads=threads, center=center, turn=turn)
+        gallery._cols, gallery._n = columns, int(n)
+        return gallery
+
+    def encode(self, embeddings) -> dict:
+        """The stored columns of descriptors [N, D] (or one [D]), normalised, without adding them:
+        ``rows`` (fp32, fp16 or int8 codes) and, for int8, ``scale``, ``rowsum`` and ``bias`` (the
+        centre is set by the first call when none was given)."""
         x = as_descriptors(embeddings, "embeddings")
         self._check_dim(x.shape[1], "embeddings")
         if self.storage == "int8" and x.shape[1] > _k.MAX_INT8_DIM:
             raise ValueError(f"int8 storage supports D <= {_k.MAX_INT8_DIM}, got {x.shape[1]}")
         self.dim = x.shape[1]
         x = _k.l2_normalize(x)
-        start, stop = self._n, self._n + x.shape[0]
+        if self.storage != "int8":
+            return {"rows": x.astype(np.float16) if self.storage == "fp16" else x}  # fp16: nearest even
+        if self.center is None:
+            self.center = x.mean(axis=0)
+        q, scale, rowsum, along = self._int8_probe(x)
+        bias = along - np.float32(self.center @ self.center)  # c . r = c . g - |c|^2
+        return {"rows": q, "scale": scale, "rowsum": rowsum, "bias": bias}
+
+    def add(self, embeddings) -> np.ndarray:
+        """Append descriptors [N, D] (or one [D]); returns their row ids."""
+        columns = self.encode(embeddings)
+        start, stop = self._n, self._n + len(columns["rows"])
         self._reserve(stop)
-        if self.storage == "int8":
-            if self.center is None:
-                self.center = x.mean(axis=0)
-            q, scale, rowsum, along = self._int8_probe(x)
-            bias = along - np.float32(self.center @ self.center)  # c . r = c . g - |c|^2
-            for name, value in zip(("rows", "scale", "rowsum", "bias"), (q, scale, rowsum, bias)):
-                self._cols[name][start:stop] = value
-        else:
-            self._cols["rows"][start:stop] = x  # fp16: round to nearest even
+        for name, value in columns.items():
+            self._cols[name][start:stop] = value
         self._n = stop
         return np.arange(start, stop, dtype=np.int64)
 
