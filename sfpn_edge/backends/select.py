@@ -116,8 +116,8 @@ class Choice:
 ARM_ESTIMATES = {
     "dot": {("native", "int8"): 5.18, ("litert", "int8"): 5.28, ("onnxruntime", "int8"): 5.86,
             ("litert", "fp32"): 13.79, ("onnxruntime", "fp32"): 14.54},
-    "armv8.0": {("native", "int8"): 22.25, ("onnxruntime", "int8"): 25.76, ("litert", "int8"): 31.12,
-                ("litert", "fp32"): 20.02, ("onnxruntime", "fp32"): 22.33},
+    "armv8.0": {("onnxruntime", "int8"): 18.25, ("native", "int8"): 19.23, ("litert", "int8"): 19.68,
+                ("litert", "fp32"): 20.02, ("onnxruntime", "fp32"): 22.30},
 }
 ARM_BOARD = {"dot": "Pi 5 (dot product)", "armv8.0": "Pi 4 (armv8.0, no dot product)"}
 ARM_NAMES = {"native": "native", "litert": "LiteRT", "onnxruntime": "ONNX Runtime"}

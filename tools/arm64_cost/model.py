@@ -19,7 +19,9 @@ busiest resource (decode width, vector pipes, load/store pipes, integer pipes, b
   AArch64SchedNeoverseN1.td, the A76's server twin) put the same instructions on the same pipes.
 What it ignores: latencies and dependency chains (a loop bound by one accumulator runs slower),
 caches, memory bandwidth and TLB misses, branch mispredictions, frequency throttling, and the
-other threads of a runtime. So the numbers are lower bounds on a warm core, labelled estimates.
+other threads of a runtime, and (not modelled yet) that the A72 runs a 128-bit FP multiply or
+multiply-accumulate as two 64-bit halves on both FP pipes, so its fp32 figures are about 2x
+optimistic. So the numbers are lower bounds on a warm core, labelled estimates.
 
 Checked once against a published Raspberry Pi 4 latency (``PUBLISHED``): XNNPACK's README gives
 MobileNet v1 / v2 (1.0, 224) on a Pi 4 (BCM2711) with its end-to-end benchmark, multi-threaded (4
