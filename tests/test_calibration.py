@@ -258,7 +258,8 @@ def test_pipeline_uses_calibrated_descriptors_and_thresholds(own_model, mtcnn_di
     from sfpn_edge.pipeline import FaceVerifier
 
     manifest = load_manifest(own_model)
-    raw = FaceVerifier(own_model, detector=MTCNN(mtcnn_dir), threshold=0.5)
+    assert FaceVerifier(own_model, detector=MTCNN(mtcnn_dir), threshold=0.5).flip   # flip on by default
+    raw = FaceVerifier(own_model, detector=MTCNN(mtcnn_dir), threshold=0.5, flip=False)
     assert raw.calibration is None and raw.describe()["calibration"] is None
     desc = raw.embedder.embed(crops(40, seed=3), normalize=True)
     cal = cf.fit(desc, None, "pca", 24, info={"model_sha256": manifest["source_sha256"]})
@@ -267,6 +268,7 @@ def test_pipeline_uses_calibrated_descriptors_and_thresholds(own_model, mtcnn_di
     C.save_calibration(cal, own_model)
     verifier = FaceVerifier(own_model, detector=MTCNN(mtcnn_dir))
     assert verifier.descriptor_dim == 24 and verifier.calibration_info["method"] == "pca"
+    assert not verifier.flip      # follows the calibration: made without flip (it does not say)
     assert verifier.model_sha256 != raw.model_sha256  # galleries of raw and calibrated descriptors differ
     assert verifier.operating_point.threshold == 0.5 and "calibration" in verifier.operating_point.source
     image = example_crops[0]
@@ -278,3 +280,13 @@ def test_pipeline_uses_calibrated_descriptors_and_thresholds(own_model, mtcnn_di
     flipped = FaceVerifier(own_model, detector=MTCNN(mtcnn_dir), flip=True)
     with pytest.raises(ModelError, match="calibrate --thresholds"):
         flipped.operating_point
+
+
+def test_verifier_flip_follows_the_calibration():
+    from sfpn_edge.pipeline import default_flip
+
+    x = np.abs(np.random.default_rng(5).standard_normal((30, 16)))
+    assert default_flip(None) is True                              # raw descriptors: flip on
+    assert default_flip(cf.fit(x, None, "center", info={"model_sha256": SHA, "flip": True})) is True
+    assert default_flip(cf.fit(x, None, "center", info={"model_sha256": SHA, "flip": False})) is False
+    assert default_flip(cf.fit(x, None, "center", info={"model_sha256": SHA})) is False   # older: made unflipped

@@ -48,8 +48,9 @@ def register(subparsers) -> None:
                         help="find the face with the detector (default), or use whole images as crops")
     parser.add_argument("--margin", type=float, default=None,
                         help="detector crop margin (default: the model's crop_margin)")
-    parser.add_argument("--flip", action="store_true",
-                        help="calibrate flip-averaged descriptors (use with verify --flip)")
+    parser.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True,
+                        help="calibrate flip-averaged descriptors (default; verify then flips too, "
+                             "--no-flip for a calibration used without)")
     add_detector_options(parser)
     parser.add_argument("--out", type=Path, metavar="DIR",
                         help="write a standalone calibration directory instead of into the model directory")

@@ -87,8 +87,10 @@ def add_pipeline_options(parser: argparse.ArgumentParser, face_policies: tuple =
     add_detector_options(group)
     group.add_argument("--margin", type=float, default=None,
                        help="crop margin around the detected box (default: the model's, 0.10)")
-    group.add_argument("--flip", action="store_true",
-                       help="also embed the mirrored face and sum the descriptors (slower, a bit more accurate)")
+    group.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
+                       help="also embed the mirrored face and sum the descriptors (default: on, or the "
+                            "calibration's setting); --no-flip halves the embedding time (CFP-FF/FP "
+                            "-0.07/-0.23 pt at fp32, no measured change on int8)")
     every = ", all: every face, one result each" if "all" in face_policies else ""
     group.add_argument("--face-policy", choices=face_policies, default="largest",
                        help=f"several faces in a photo: largest: use the largest (default){every}, "

@@ -64,8 +64,9 @@ def _add_common(parser: argparse.ArgumentParser, default_crop: str) -> None:
     group.add_argument("--margin", type=float, default=None,
                        help="box enlargement: square of side max(w, h) * (1 + margin) (default: 0.3 for "
                             "fiducials, the model's crop_margin for detect)")
-    group.add_argument("--flip", action="store_true",
-                       help="also embed the mirrored crop and sum the descriptors (flip test-time augmentation)")
+    group.add_argument("--flip", action=argparse.BooleanOptionalAction, default=False,
+                       help="also embed the mirrored crop and sum the descriptors (flip test-time augmentation; "
+                            "off unless asked here, so each measurement says which; verify flips by default)")
     add_detector_options(group)
     group.add_argument("--calibration", type=Path, metavar="DIR",
                        help="apply the calibration stored in DIR (a calibrated model directory or a "

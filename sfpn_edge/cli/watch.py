@@ -56,7 +56,7 @@ def register(subparsers) -> None:
     add_threshold_options(parser)
     add_model_options(parser)
     # no fallback chain unless asked: most frames of a camera hold no face, and each would run it
-    parser.set_defaults(func=run, margin=None, flip=False, face_policy="all", fallback=())
+    parser.set_defaults(func=run, margin=None, flip=None, face_policy="all", fallback=())
 
 
 def run(args: argparse.Namespace) -> int:
