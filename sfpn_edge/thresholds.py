@@ -172,12 +172,12 @@ def from_entries(entries: Any, *, detector: str, flip: bool, where: str) -> Oper
     rates: Dict[float, Dict[str, float]] = {}
     protocol = where
     for entry in entries if isinstance(entries, list) else []:
-        try:
+        try:  # every entry is checked, not only the ones this verifier uses
+            far, threshold = check_far(entry["far"]), check_threshold(entry["threshold"])
             if entry.get("crop", "detect") != "detect":
                 continue
             if entry.get("detector", DEFAULT_DETECTOR) != detector or bool(entry.get("flip", False)) != flip:
                 continue
-            far, threshold = check_far(entry["far"]), check_threshold(entry["threshold"])
         except (AttributeError, KeyError, TypeError, ValueError, SfpnError):
             raise ModelError(f"{where}: {entry!r} is not an operating point (far in (0, 1), "
                              "threshold in [-1, 1])") from None

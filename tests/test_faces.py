@@ -38,7 +38,7 @@ def group(cfp_root, scales=(1.0, 0.8, 0.6)):
 def every(model_dir, mtcnn_dir):
     from sfpn_edge.detect.mtcnn import MTCNN
 
-    return FaceVerifier(model_dir, detector=MTCNN(mtcnn_dir, threads=1), threads=1, face_policy="all")
+    return FaceVerifier(model_dir, detector=MTCNN(mtcnn_dir, threads=1), threads=1, face_policy="all", flip=False)
 
 
 def test_every_face_of_a_group_photo_embedded_largest_first(every, cfp_root):
@@ -68,7 +68,7 @@ def test_identify_every_face(every, cfp_root, tmp_path):
     canvas, spans = group(cfp_root, (1.0, 1.0, 1.0))
     with FaceGallery(tmp_path / "g.db", model_sha256=every.model_sha256, dim=every.descriptor_dim) as gallery:
         for person in PEOPLE[1:]:
-            desc, _ = FaceVerifier(every.model, detector=every.detector, threads=1).embed_images(
+            desc, _ = FaceVerifier(every.model, detector=every.detector, threads=1, flip=every.flip).embed_images(
                 [photo(cfp_root, person, n=n) for n in (2, 3)])
             gallery.enroll(f"p{person}", desc)
         results = every.identify(canvas, gallery, k=2)

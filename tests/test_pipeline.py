@@ -85,9 +85,10 @@ def test_crop_faces_geometry(verifier, cfp_root):
 
 
 def test_flip_averaging_changes_the_descriptor_a_little(model_dir, verifier, cfp_root):
-    flipped = FaceVerifier(model_dir, detector=verifier.detector, flip=True, threshold=0.5)
+    assert verifier.flip                                       # on by default
+    unflipped = FaceVerifier(model_dir, detector=verifier.detector, flip=False, threshold=0.5)
     a, _ = verifier.embed_image(photo(cfp_root, 9))
-    b, _ = flipped.embed_image(photo(cfp_root, 9))
+    b, _ = unflipped.embed_image(photo(cfp_root, 9))
     assert 0.9 < float(a @ b) < 0.99999
 
 
@@ -179,10 +180,10 @@ def test_manifest_operating_points_win_and_are_validated(model_dir, verifier, tm
         {"far": 1e-3, "threshold": 0.5, "flip": False, "crop": "detect", "detector": "other", "protocol": "X"},
     ]}
     models.write_manifest(copy, manifest)
-    plain = FaceVerifier(copy, detector=verifier.detector)
+    plain = FaceVerifier(copy, detector=verifier.detector, flip=False)
     assert plain.operating_point == OperatingPoint(0.9, 1e-3, "manifest (CFP-FP), FAR 0.001")
-    assert FaceVerifier(copy, detector=verifier.detector, flip=True).threshold == 0.95
-    mid = FaceVerifier(copy, detector=verifier.detector, far=10 ** -2.5).threshold
+    assert FaceVerifier(copy, detector=verifier.detector).threshold == 0.95      # flip on by default
+    mid = FaceVerifier(copy, detector=verifier.detector, flip=False, far=10 ** -2.5).threshold
     assert mid == pytest.approx(0.85)
     assert thresholds.for_model(manifest, detector="other").at(1e-3).threshold == 0.5  # keyed by detector
     for bad in ({"far": "often"}, {"far": 1e-3, "threshold": float("nan")}, {"far": 0.0, "threshold": 0.8},
