@@ -65,7 +65,8 @@ def test_stage_crop(benchmark, verifier, photos):
     image = cv2.imread(str(photos["cfp"][0]))
     face = verifier.find_face(image).face
     crops = benchmark(verifier.crop, [image], [face])
-    assert crops.shape == (1, 3, 113, 113)
+    assert verifier.flip  # the default: the mirrored crop follows the original
+    assert crops.shape == (2, 3, 113, 113)
 
 
 def test_stage_embed(benchmark, verifier, photos):
