@@ -3,6 +3,7 @@
     python benchmarks/measure_gallery_scale.py --identities 100000 --dim 1000 --storage int8
     python benchmarks/measure_gallery_scale.py --identities 1000000 --dim 128 --storage int8 --db /tmp/g1m.db
     python benchmarks/measure_gallery_scale.py --identities 100000 --dim 1000 --memory   # the old in-memory index
+    python benchmarks/measure_gallery_scale.py --identities 100000 --dim 1000 --pgserver  # PostgreSQL + pgvector
 
 Builds (or reuses, ``--db``) a gallery of synthetic non-negative descriptors (|N(0, 1)| per
 coordinate: the model's descriptors are post-ReLU; ``--photos`` per identity, calibration off),
@@ -10,7 +11,9 @@ loaded in bulk with template "all" (no matrix) and then opened once with the def
 "mean", which writes the matrix file. Then, in a fresh process for each ``--storage``: the first
 identify (open + map + check + top-5), the median of ``--repeat`` identifies, the peak RSS
 (``VmHWM``) and the peak after imports alone. ``--memory`` measures the in-memory index the
-matrix replaced (every row read, templates built in memory).
+matrix replaced (every row read, templates built in memory). ``--pgserver`` builds the gallery on
+a PostgreSQL + pgvector server of its own (the ``pgserver`` wheel, unix socket) and measures the
+fleet gallery the same way (it has no matrix: each device fetches every row into memory).
 """
 from __future__ import annotations
 
@@ -79,6 +82,21 @@ def probe(db: Path, dim: int, storage: str, memory: bool, repeat: int) -> dict:
     return json.loads(out.stdout)
 
 
+def measure(db, args, size_mb) -> None:
+    report = {"identities": args.identities, "dim": args.dim, "photos": args.photos}
+    if args.pgserver or not db.exists():
+        report.update(build(db, args.identities, args.dim, args.photos,
+                            [] if args.memory or args.pgserver else args.storage))
+    report["db_mb"] = size_mb()
+    for storage in args.storage:
+        row = {"index": "memory" if args.memory or args.pgserver else "matrix", "storage": storage,
+               **probe(db, args.dim, storage, args.memory, args.repeat)}
+        matrix = Path(f"{db}.{storage}.matrix")
+        if not args.pgserver and matrix.exists() and not args.memory:
+            row["matrix_mb"] = round(matrix.stat().st_size / 2**20)  # with its room to grow
+        print(json.dumps({**report, **row}), flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--identities", type=int, default=100_000)
@@ -88,20 +106,26 @@ def main() -> None:
     parser.add_argument("--db", type=Path, help="keep the gallery here (reused when it exists)")
     parser.add_argument("--memory", action="store_true", help="measure the in-memory index instead of the matrix")
     parser.add_argument("--repeat", type=int, default=30)
+    parser.add_argument("--pgserver", action="store_true", help="on a PostgreSQL + pgvector server (pgserver)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        db = args.db or Path(tmp) / "g.db"
-        report = {"identities": args.identities, "dim": args.dim, "photos": args.photos}
-        if not db.exists():
-            report.update(build(db, args.identities, args.dim, args.photos, [] if args.memory else args.storage))
-        report["db_mb"] = round(db.stat().st_size / 2**20)
-        for storage in args.storage:
-            matrix = db.with_name(f"{db.name}.{storage}.matrix")
-            row = {"index": "memory" if args.memory else "matrix", "storage": storage,
-                   **probe(db, args.dim, storage, args.memory, args.repeat)}
-            if matrix.exists() and not args.memory:
-                row["matrix_mb"] = round(matrix.stat().st_size / 2**20)  # with its room to grow
-            print(json.dumps({**report, **row}), flush=True)
+        if not args.pgserver:
+            db = args.db or Path(tmp) / "g.db"
+            return measure(db, args, lambda: round(db.stat().st_size / 2**20))
+        import pgserver
+        from sfpn_edge.gallery import open_gallery
+
+        server = pgserver.get_server(Path(tmp) / "pg", cleanup_mode="stop")
+        try:
+            server.psql("CREATE DATABASE bench;")
+            url = server.get_uri("bench")
+
+            def size_mb() -> int:
+                with open_gallery(url) as g:
+                    return round(g.info()["bytes"] / 2**20)
+            measure(url, args, size_mb)
+        finally:
+            server.cleanup()
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from sfpn_edge.bench import emulated
 from sfpn_edge.errors import SfpnError
 
 TOOLS = Path(__file__).resolve().parent.parent / "tools" / "arm64_cost"
-# (encoding, class): `aarch64-linux-gnu-as -march=armv8.6-a+dotprod+i8mm` + objdump of each line.
+# (encoding, class): `aarch64-linux-gnu-as -march=armv8.6-a+dotprod+i8mm+fp16` + objdump of each line.
 ENCODINGS = [
     (0x4E829420, "dot"),         # sdot v0.4s, v1.16b, v2.16b
     (0x6FA5E083, "dot"),         # udot v3.4s, v4.16b, v5.4b[1]
@@ -33,16 +33,31 @@ ENCODINGS = [
     (0x4E227420, "simd_other"),  # sabd v0.16b, v1.16b, v2.16b
     (0x4E602820, "simd_other"),  # saddlp v0.4s, v1.8h
     (0x4F3D0420, "simd_other"),  # sshr v0.4s, v1.4s, #3
-    (0x4EA29420, "int_mac"),     # mla v0.4s, v1.4s, v2.4s
-    (0x4FA28020, "int_mac"),     # mul v0.4s, v1.4s, v2.s[1]
-    (0x4E22CC20, "fp_mac"),      # fmla v0.4s, v1.4s, v2.4s
-    (0x4FA21820, "fp_mac"),      # fmla v0.4s, v1.4s, v2.s[3]
-    (0x6E22DC20, "fp_mac"),      # fmul v0.4s, v1.4s, v2.4s
+    (0x4EA29420, "int_mac_q"),   # mla v0.4s, v1.4s, v2.4s
+    (0x0EA29420, "int_mac"),     # mla v0.2s, v1.2s, v2.2s
+    (0x4FA28020, "int_mac_q"),   # mul v0.4s, v1.4s, v2.s[1]
+    (0x0FA28020, "int_mac"),     # mul v0.2s, v1.2s, v2.s[1]
+    (0x6EA2B420, "int_mac_q"),   # sqrdmulh v0.4s, v1.4s, v2.4s
+    (0x4FA2D020, "int_mac_q"),   # sqrdmulh v0.4s, v1.4s, v2.s[1]
+    (0x4F722020, "int_mac"),     # smlal2 v0.4s, v1.8h, v2.h[3] (widening: one uop)
+    (0x4E22CC20, "fp_mac_q"),    # fmla v0.4s, v1.4s, v2.4s
+    (0x0E22CC20, "fp_mac"),      # fmla v0.2s, v1.2s, v2.2s
+    (0x4FA21820, "fp_mac_q"),    # fmla v0.4s, v1.4s, v2.s[3]
+    (0x0FA21820, "fp_mac"),      # fmla v0.2s, v1.2s, v2.s[3]
+    (0x6E22DC20, "fp_mac_q"),    # fmul v0.4s, v1.4s, v2.4s
     (0x1F020C20, "fp_mac"),      # fmadd s0, s1, s2, s3
     (0x1E220820, "fp_mac"),      # fmul s0, s1, s2
+    (0x4E22D420, "fp_q"),        # fadd v0.4s, v1.4s, v2.4s
+    (0x4E22F420, "fp_q"),        # fmax v0.4s, v1.4s, v2.4s
+    (0x4EA1B820, "fp_q"),        # fcvtzs v0.4s, v1.4s
+    (0x4E21D820, "fp_q"),        # scvtf v0.4s, v1.4s
+    (0x4F3DE420, "fp_q"),        # scvtf v0.4s, v1.4s, #3
+    (0x4E217820, "fp_q"),        # fcvtl2 v0.4s, v1.8h
+    (0x0E22D420, "simd_other"),  # fadd v0.2s, v1.2s, v2.2s
     (0x4EA28420, "simd_other"),  # add v0.4s, v1.4s, v2.4s
+    (0x4EA0B820, "simd_other"),  # abs v0.4s, v1.4s
+    (0x4E212820, "simd_other"),  # xtn2 v0.16b, v1.8h
     (0x4E202820, "simd_other"),  # saddlp v0.8h, v1.16b
-    (0x4E22D420, "simd_other"),  # fadd v0.4s, v1.4s, v2.4s
     (0x3DC00000, "load"),        # ldr q0, [x0]
     (0x3D800000, "store"),       # str q0, [x0]
     (0x3D400000, "load"),        # ldr b0, [x0]
@@ -112,7 +127,7 @@ def test_the_plugin_sorts_real_encodings_into_their_classes(classify):
 def test_plugin_and_model_name_the_same_classes():
     source = (TOOLS / "insn_classes.c").read_text()
     names = source.split("NAMES[NCLASS] = {", 1)[1].split("}", 1)[0]
-    assert tuple(n.strip(' "') for n in names.split(",")) == load_model().CLASSES
+    assert tuple(n.strip(' "\n') for n in names.split(",")) == load_model().CLASSES
 
 
 def write_counts(root: Path, cpu: str, name: str, first: dict, second: dict, calls: int) -> None:
@@ -201,3 +216,20 @@ def test_multiplies_and_accumulates_issue_on_different_pipes(tmp_path):
     mixed, muls = (r["cortex-a72"]["cycles"]["vector"] for r in sorted(load_model().report(tmp_path)["rows"],
                                                                         key=lambda r: r["name"]))
     assert mixed == 1_200_000 and muls == 2_400_000
+
+
+def test_q_form_fp_and_integer_multiplies_take_two_slots_on_the_a72_one_on_the_a76(tmp_path):
+    # 1.2 M 128-bit FMLA per call: both of the A72's 64-bit FP pipes each (1.2 M cycles, as 2.4 M
+    # 64-bit FMLA would take), one of the A76's two 128-bit pipes (0.6 M cycles). 0.6 M Q-form MUL
+    # per call: two uops on the A72's one multiplier pipe (1.2 M cycles).
+    for cpu in ("neoverse-n1", "cortex-a72"):
+        write_counts(tmp_path, cpu, "fmla", {}, {"fp_mac_q": 3_600_000}, 3)
+        write_counts(tmp_path, cpu, "fmla-d", {}, {"fp_mac": 7_200_000}, 3)
+        write_counts(tmp_path, cpu, "mul", {}, {"int_mac_q": 1_800_000}, 3)
+    rows = {r["name"]: r for r in load_model().report(tmp_path)["rows"]}
+    assert rows["fmla"]["cortex-a72"]["cycles"]["vector"] == 1_200_000 == rows["fmla-d"]["cortex-a72"]["cycles"]["vector"]
+    assert rows["fmla"]["cortex-a76"]["cycles"]["vector"] == 600_000
+    assert rows["mul"]["cortex-a72"]["cycles"]["vector"] == 1_200_000
+    assert rows["mul"]["cortex-a76"]["cycles"]["vector"] == 600_000
+    table = load_model().markdown(load_model().report(tmp_path))
+    assert "| fmla | 1.2 | 0.0 | 0.0 | 0.0 | 1.2 | 0.0 | 0.0 | 0.0 | 0.25 (vector) | 1.2 | 1.2 | 0.67 (vector) |" in table

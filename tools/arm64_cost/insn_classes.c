@@ -7,10 +7,13 @@
  *
  * Classes (by the 32-bit encoding, Arm ARM "A64 instruction set encoding"): dot product
  * (SDOT/UDOT/USDOT/SUDOT, vector and by element); integer SIMD multiply and multiply-accumulate
- * (MUL/MLA/MLS, SMULL/SMLAL and kin, SQDMULH, by-element forms: the multiplier pipe); integer SIMD
- * accumulate (SADALP/UADALP, SABA/SABAL, SSRA/USRA/SRSRA/URSRA: the other pipe on both cores);
- * floating-point multiply and multiply-accumulate (FMUL/FMLA/FMLS vector and by element, scalar
- * FMUL/FMADD family); other SIMD/FP; loads; stores; branches/system; other scalar.
+ * (MUL/MLA/MLS, SMULL/SMLAL and kin, SQDMULH, by-element forms: the multiplier pipe), with the
+ * 128-bit (Q) forms of the non-widening ones apart; integer SIMD accumulate (SADALP/UADALP,
+ * SABA/SABAL, SSRA/USRA/SRSRA/URSRA: the other pipe on both cores); floating-point multiply and
+ * multiply-accumulate (FMUL/FMLA/FMLS vector and by element, scalar FMUL/FMADD family), with the
+ * 128-bit vector forms apart; other 128-bit FP vector arithmetic (FADD, FMAX, FCVT, SCVTF, ...);
+ * other SIMD/FP; loads; stores; branches/system; other scalar. The Q forms are apart because a
+ * core with 64-bit FP/ASIMD pipes (Cortex-A72) runs each as two halves.
  * Counting: per translation block, one inline add per class present (a block left early by an
  * exception is counted whole); the counters are shared by all guest threads without atomics, so
  * measure at one thread. The plugin API is declared here (its header is not packaged by Debian).
@@ -44,8 +47,9 @@ __attribute__((visibility("default"))) int qemu_plugin_version = 1;
 
 #define MARK_SYSCALL 0x5F3E  /* no AArch64 Linux syscall has this number: the kernel answers ENOSYS */
 
-enum { DOT, INT_MAC, INT_ACC, FP_MAC, SIMD_OTHER, LOAD, STORE, BRANCH, SCALAR, NCLASS };
-static const char *NAMES[NCLASS] = {"dot", "int_mac", "int_acc", "fp_mac", "simd_other", "load", "store", "branch", "scalar"};
+enum { DOT, INT_MAC, INT_MAC_Q, INT_ACC, FP_MAC, FP_MAC_Q, FP_Q, SIMD_OTHER, LOAD, STORE, BRANCH, SCALAR, NCLASS };
+static const char *NAMES[NCLASS] = {"dot", "int_mac", "int_mac_q", "int_acc", "fp_mac", "fp_mac_q", "fp_q",
+                                    "simd_other", "load", "store", "branch", "scalar"};
 static uint64_t counts[NCLASS];
 static FILE *out;
 
@@ -61,6 +65,9 @@ static int is_load(uint32_t i)
     return (v && size == 0) ? (opc & 1) : opc != 0;     /* SIMD 8/128-bit: opc 10 is STR q */
 }
 
+/* a vector instruction's class by its 128-bit (Q, bit 30) form */
+static int by_width(uint32_t i, int d_form, int q_form) { return (i >> 30) & 1 ? q_form : d_form; }
+
 static int simd_class(uint32_t i)
 {
     if (match(i, 0x9FE0F400, 0x0E809400)                /* SDOT/UDOT/USDOT (vector) */
@@ -69,25 +76,32 @@ static int simd_class(uint32_t i)
         return DOT;
     if (match(i, 0x9F200400, 0x0E200400)) {             /* three same: opcode bits 15:11 */
         uint32_t op = (i >> 11) & 0x1F;
-        if (op == 0x12 || op == 0x13 || op == 0x16) return INT_MAC;   /* MLA/MLS, MUL, SQDMULH */
+        if (op == 0x12 || op == 0x13 || op == 0x16) return by_width(i, INT_MAC, INT_MAC_Q);  /* MLA/MLS, MUL, SQDMULH */
         if (op == 0x0F) return INT_ACC;                              /* SABA/UABA */
-        if (op == 0x19 || op == 0x1B) return FP_MAC;                 /* FMLA/FMLS, FMUL/FMULX */
-        return SIMD_OTHER;
+        if (op == 0x19 || op == 0x1B) return by_width(i, FP_MAC, FP_MAC_Q); /* FMLA/FMLS, FMUL/FMULX */
+        return op >= 0x18 ? by_width(i, SIMD_OTHER, FP_Q) : SIMD_OTHER;     /* FADD, FMAX, FCMxx, FDIV, ... */
     }
     if (match(i, 0x9F200C00, 0x0E200000)) {             /* three different: SMLAL, SMULL, ... */
         uint32_t op = (i >> 12) & 0xF;
         if (op == 5) return INT_ACC;                                 /* SABAL/UABAL */
         return (op >= 8 && op <= 14) ? INT_MAC : SIMD_OTHER;
     }
-    if (match(i, 0x9F3E0C00, 0x0E200800))               /* two-register misc: SADALP/UADALP */
-        return ((i >> 12) & 0x1F) == 6 ? INT_ACC : SIMD_OTHER;
+    if (match(i, 0x9F3E0C00, 0x0E200800)) {             /* two-register misc: opcode bits 16:12 */
+        uint32_t op = (i >> 12) & 0x1F;
+        if (op == 6) return INT_ACC;                                 /* SADALP/UADALP */
+        int fp = op == 0x16 || op == 0x17 || op >= 0x18 || (op >= 0x0C && op <= 0x0F && (i >> 23) & 1);
+        return fp ? by_width(i, SIMD_OTHER, FP_Q) : SIMD_OTHER;             /* FCVT*, FRINT*, [SU]CVTF, FABS, ... */
+    }
     if (match(i, 0x9F800400, 0x0F000400) && (i >> 19) & 0xF) {  /* shift by immediate (immh != 0) */
         uint32_t op = (i >> 11) & 0x1F;
-        return (op == 0x02 || op == 0x06) ? INT_ACC : SIMD_OTHER;   /* [SU]SRA, [SU]RSRA */
+        if (op == 0x02 || op == 0x06) return INT_ACC;               /* [SU]SRA, [SU]RSRA */
+        return (op == 0x1C || op == 0x1F) ? by_width(i, SIMD_OTHER, FP_Q) : SIMD_OTHER;  /* fixed-point [SU]CVTF, FCVTZ[SU] */
     }
     if (match(i, 0x9F000400, 0x0F000000)) {             /* vector x indexed element */
         uint32_t op = (i >> 12) & 0xF;
-        return (op == 1 || op == 5 || op == 9) ? FP_MAC : INT_MAC;
+        if (op == 1 || op == 5 || op == 9) return by_width(i, FP_MAC, FP_MAC_Q);      /* FMLA, FMLS, FMUL(X) */
+        int widening = op == 2 || op == 3 || op == 6 || op == 7 || op == 10 || op == 11;  /* [SU]MLAL, ... */
+        return widening ? INT_MAC : by_width(i, INT_MAC, INT_MAC_Q);                   /* MUL, MLA, SQDMULH, ... */
     }
     if (match(i, 0x5F000000, 0x1F000000)) return FP_MAC;     /* FMADD/FMSUB/FNMADD/FNMSUB */
     if (match(i, 0x5F200C00, 0x1E200800) && (((i >> 12) & 0xF) == 0 || ((i >> 12) & 0xF) == 8))

@@ -14,14 +14,18 @@ busiest resource (decode width, vector pipes, load/store pipes, integer pipes, b
   Cortex-A72 (Raspberry Pi 4, 1.8 GHz): Arm Cortex-A72 Software Optimization Guide (UAN 0016A),
     same sections (3-wide decode; ASIMD/FP pipes F0/F1 with integer multiplies on F0 only and the
     integer accumulates on F1 only; one load and one store pipe; two integer pipes and one branch
-    pipe; no dot-product instructions).
+    pipe; no dot-product instructions). Its ASIMD/FP pipes are 64 bits wide: a 128-bit (Q-form)
+    FP operation -- multiply, multiply-accumulate, add, max/min, convert -- issues as two uops
+    taking both F0 and F1, and a Q-form non-widening integer multiply (MUL/MLA/SQDMULH) two uops
+    on F0 (widening SMULL/SMLAL are one); so those classes cost two vector slots there
+    (``q_slots``), one on the A76's 128-bit pipes.
   LLVM's scheduling models for these cores (AArch64SchedA57.td, which the A72 uses, and
   AArch64SchedNeoverseN1.td, the A76's server twin) put the same instructions on the same pipes.
 What it ignores: latencies and dependency chains (a loop bound by one accumulator runs slower),
-caches, memory bandwidth and TLB misses, branch mispredictions, frequency throttling, and the
-other threads of a runtime, and (not modelled yet) that the A72 runs a 128-bit FP multiply or
-multiply-accumulate as two 64-bit halves on both FP pipes, so its fp32 figures are about 2x
-optimistic. So the numbers are lower bounds on a warm core, labelled estimates.
+caches, memory bandwidth and TLB misses, branch mispredictions, frequency throttling, the other
+threads of a runtime, and the A72's double-pumped 128-bit loads and stores (LDP of q registers,
+ST1 of 16 bytes: two uops on its load or store pipe). So the numbers are lower bounds on a warm
+core, labelled estimates.
 
 Checked once against a published Raspberry Pi 4 latency (``PUBLISHED``): XNNPACK's README gives
 MobileNet v1 / v2 (1.0, 224) on a Pi 4 (BCM2711) with its end-to-end benchmark, multi-threaded (4
@@ -43,7 +47,9 @@ PUBLISHED = {
     "mobilenet_v2": (44.0, 4, "XNNPACK README, Raspberry Pi table, RPi 4 (BCM2711), Feb 12 2020"),
 }
 REFERENCE_PREFIX = "reference-"
-CLASSES = ("dot", "int_mac", "int_acc", "fp_mac", "simd_other", "load", "store", "branch", "scalar")
+CLASSES = ("dot", "int_mac", "int_mac_q", "int_acc", "fp_mac", "fp_mac_q", "fp_q", "simd_other",
+           "load", "store", "branch", "scalar")
+Q_FORMS = ("int_mac_q", "fp_mac_q", "fp_q")  # 128-bit forms a 64-bit pipe runs as two halves
 
 
 @dataclass(frozen=True)
@@ -59,19 +65,23 @@ class Core:
     load_store: Dict[str, float]   # per-cycle rates: "load", "store", or "shared" for both
     integer: int
     has_dot: bool
+    q_slots: int           # vector slots a Q_FORMS instruction takes (2 on 64-bit pipes)
 
     def cycles(self, n: Dict[str, float]) -> Dict[str, float]:
         """Cycles each resource needs for the per-call counts ``n``; "bound" is the largest."""
         if n["dot"] and not self.has_dot:
             raise ValueError(f"{self.name} has no dot-product instructions; this code would not run there")
-        vector = n["dot"] + n["int_mac"] + n["int_acc"] + n["fp_mac"] + n["simd_other"]
+        q = self.q_slots
+        vector = (n["dot"] + n["int_mac"] + n["int_acc"] + n["fp_mac"] + n["simd_other"]
+                  + q * sum(n[c] for c in Q_FORMS))
+        int_mac = n["int_mac"] + q * n["int_mac_q"]
         if "shared" in self.load_store:
             memory = (n["load"] + n["store"]) / self.load_store["shared"]
         else:
             memory = max(n["load"] / self.load_store["load"], n["store"] / self.load_store["store"])
         out = {
             "decode": sum(n[c] for c in CLASSES) / self.decode,
-            "vector": max(vector / self.vector_pipes, n["int_mac"] / self.int_mac_pipes,
+            "vector": max(vector / self.vector_pipes, int_mac / self.int_mac_pipes,
                           n["int_acc"] / self.int_acc_pipes),
             "load_store": memory,
             "integer": n["scalar"] / self.integer,
@@ -82,8 +92,8 @@ class Core:
 
 
 CORES = (
-    Core("cortex-a76", "Raspberry Pi 5", "neoverse-n1", 2.4, 4, 2, 1, 1, {"shared": 2.0}, 3, True),
-    Core("cortex-a72", "Raspberry Pi 4", "cortex-a72", 1.8, 3, 2, 1, 1, {"load": 1.0, "store": 1.0}, 2, False),
+    Core("cortex-a76", "Raspberry Pi 5", "neoverse-n1", 2.4, 4, 2, 1, 1, {"shared": 2.0}, 3, True, 1),
+    Core("cortex-a72", "Raspberry Pi 4", "cortex-a72", 1.8, 3, 2, 1, 1, {"load": 1.0, "store": 1.0}, 2, False, 2),
 )
 
 
@@ -149,16 +159,25 @@ def checked(row: dict) -> dict:
             "estimate_scaled_ms": round(scaled, 2), "published_over_estimate": round(ms / scaled, 2)}
 
 
+# markdown columns: classes summed (the 128-bit forms with their kind)
+COLUMNS = {"dot": ("dot",), "int MAC": ("int_mac", "int_mac_q"), "int acc": ("int_acc",),
+           "FP MAC": ("fp_mac", "fp_mac_q"), "other SIMD": ("fp_q", "simd_other"), "loads": ("load",),
+           "stores": ("store",)}
+
+
 def markdown(result: dict) -> str:
-    """The report as a table: classes as counted for the Pi 5 estimate (neoverse-n1), in millions."""
-    out = ["| workload | M instructions | dot | int MAC | int acc | FP MAC | other SIMD | loads | stores | "
-           "Pi 5 (A76) est. ms | M instructions as armv8.0 | Pi 4 (A72) est. ms |", "|" + "---|" * 12]
+    """The report as a table: classes as counted for the Pi 5 estimate (neoverse-n1), in millions;
+    for the Pi 4, the armv8.0 count and how many of its instructions are Q forms (two slots there)."""
+    out = ["| workload | M instructions | " + " | ".join(COLUMNS) + " | Pi 5 (A76) est. ms | "
+           "M instructions as armv8.0 | of them Q-form FP / int multiply | Pi 4 (A72) est. ms |", "|" + "---|" * 13]
     for r in result["rows"]:
         i = r["instructions"]
-        cells = [f"{i[c] / 1e6:.1f}" for c in ("dot", "int_mac", "int_acc", "fp_mac", "simd_other", "load", "store")]
+        cells = [f"{sum(i[c] for c in group) / 1e6:.1f}" for group in COLUMNS.values()]
         a76, a72 = r["cortex-a76"], r["cortex-a72"]
         cells.append(f"{a76['ms']:.2f} ({a76['bound_by']})" if "ms" in a76 else a76["status"])
-        cells.append(f"{a72['total_instructions'] / 1e6:.1f}" if "total_instructions" in a72 else "–")
+        counted = "total_instructions" in a72
+        cells.append(f"{a72['total_instructions'] / 1e6:.1f}" if counted else "–")
+        cells.append(f"{sum(a72['instructions'][c] for c in Q_FORMS) / 1e6:.1f}" if counted else "–")
         cells.append(f"{a72['ms']:.2f} ({a72['bound_by']})" if "ms" in a72 else a72["status"])
         out.append(f"| {r['name']} | {r['total_instructions'] / 1e6:.1f} | " + " | ".join(cells) + " |")
     checks = [r for r in result.get("reference", []) if r.get("published")]
