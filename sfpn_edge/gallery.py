@@ -42,7 +42,9 @@ model and size recorded in it (the ``sfpn-edge gallery`` commands, which need no
 A ``postgresql://`` (or ``postgres://``) URL instead of a path opens the same gallery on a PostgreSQL
 server with pgvector, for a fleet of devices (``sfpn_edge.gallery_pg``: the store primitives behind
 ``_open_store``, ``_transaction``, ``_snapshot``, ``_query``, ``_query_version`` and the vector
-conversions; everything else is this class's logic); any other ``scheme://`` is refused.
+conversions; everything else is this class's logic), optionally with an offline cache: a gallery
+file mirroring the server that answers reads while it is unreachable; any other ``scheme://`` is
+refused.
 """
 from __future__ import annotations
 
@@ -173,11 +175,14 @@ class FaceGallery:
     (opening fails if the file is missing); ``calibration=False`` ignores the gallery's own
     calibration in searches (raw cosine). An existing file that is not a gallery, or one made
     for another model or descriptor size, raises GalleryError before anything is written.
+    ``offline_cache`` (``postgresql://`` galleries only): a local copy answering while the server is
+    unreachable (``sfpn_edge.gallery_pg``).
     """
 
     def __init__(self, path: Union[str, os.PathLike], *, model_sha256: str, dim: int,
                  readonly: bool = False, create: bool = True, template: str = DEFAULT_TEMPLATE,
-                 storage: str = "fp32", calibration: bool = True):
+                 storage: str = "fp32", calibration: bool = True,
+                 offline_cache: Optional[Union[str, os.PathLike]] = None):
         if template not in TEMPLATES:
             raise ValueError(f"template must be one of {TEMPLATES}, got {template!r}")
         if storage not in STORAGES:
@@ -190,6 +195,9 @@ class FaceGallery:
         self.template = template
         self.storage = storage
         self.use_calibration = bool(calibration)
+        if offline_cache is not None and not _server_url(path):
+            raise ValueError("offline_cache is for postgresql:// galleries: a gallery file is local already")
+        self._cache_path = None if offline_cache is None else Path(offline_cache)
         self._open_store(path, create)
         self._index: Optional[_Index] = None  # built lazily, rebuilt when the file changed
         self._version = None
@@ -879,11 +887,58 @@ class FaceGallery:
         return f"<FaceGallery {self.path} template={self.template} storage={self.storage}>"
 
 
+class _CacheFile(FaceGallery):
+    """The offline cache of a ``postgresql://`` gallery (``sfpn_edge.gallery_pg``): a gallery file
+    mirroring the server, whose meta names the server (``cache_of``) and the ``data_version`` it
+    mirrors; searched in memory, as the server's rows are (same code, same answers)."""
+
+    def _matrix_path(self) -> None:
+        return None
+
+    @staticmethod
+    def write(path: Path, model_sha256: str, dim: int, identities: list, embeddings: list, calibration: list,
+              meta: List[Tuple[str, str]]) -> None:
+        """A cache at ``path`` holding these rows (the tables' columns in order, vectors as float32
+        little-endian bytes) and ``meta``: written beside it, fsynced, then put in its place with
+        ``os.replace`` (a process killed meanwhile leaves the previous file)."""
+        tmp = None
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+            os.close(fd)
+            with contextlib.closing(sqlite3.connect(tmp, isolation_level=None)) as db:
+                db.execute("PRAGMA synchronous = OFF")  # fsynced once, below, before it replaces the old file
+                db.execute("BEGIN")
+                _create_schema(db, model_sha256, dim)
+                db.executemany("INSERT INTO identities (id, name, enrolled) VALUES (?, ?, ?)", identities)
+                db.executemany("INSERT INTO embeddings (id, identity, source, vector, checksum, photo_sha256) "
+                               "VALUES (?, ?, ?, ?, ?, ?)", embeddings)
+                db.executemany("INSERT INTO calibration (id, entry, mean, projection, checksum) VALUES (?, ?, ?, ?, ?)",
+                               calibration)
+                db.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", meta)
+                db.execute("COMMIT")
+            with open(tmp, "rb+") as fh:
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+            tmp = None
+            directory = os.open(path.parent, os.O_RDONLY)
+            try:
+                os.fsync(directory)
+            finally:
+                os.close(directory)
+        except (sqlite3.Error, OSError) as exc:
+            raise GalleryError(f"{path}: cannot write the offline cache ({exc})") from None
+        finally:
+            if tmp is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+
+
 @functools.lru_cache(maxsize=None)
 def _pg_gallery() -> type:
     """FaceGallery over the PostgreSQL store (imports psycopg: only once a URL is opened)."""
     from sfpn_edge.gallery_pg import PgStore
-    return type("PgGallery", (PgStore, FaceGallery), {"__doc__": PgStore.__doc__})
+    return type("PgGallery", (PgStore, FaceGallery), {"__doc__": PgStore.__doc__, "_cache_file": _CacheFile})
 
 
 def open_gallery(path: Union[str, os.PathLike], *, readonly: bool = True) -> FaceGallery:
@@ -1143,20 +1198,8 @@ def _create(path: Path, model_sha256: str, dim: int) -> None:
     try:
         db = sqlite3.connect(tmp, isolation_level=None)
         try:
-            db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
-            db.execute("PRAGMA user_version = %d" % FORMAT_VERSION)
             db.execute("BEGIN")
-            for statement in (_SCHEMA + ";" + _CALIBRATION_SCHEMA + ";" + _CHANGES_SCHEMA).split(";"):
-                if statement.strip():
-                    db.execute(statement)
-            for trigger in _CHANGE_TRIGGERS:
-                db.execute(trigger)
-            db.executemany("INSERT INTO meta (key, value) VALUES (?, ?)", [
-                ("format", FORMAT), ("format_version", str(FORMAT_VERSION)),
-                ("model_sha256", model_sha256), ("descriptor_dim", str(dim)),
-                ("created", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())), ("row_changes", "0"),
-                ("gallery_id", gallery_matrix.new_gallery_id()),
-            ])
+            _create_schema(db, model_sha256, dim)
             db.execute("COMMIT")
             db.execute("PRAGMA journal_mode = WAL")
         finally:
@@ -1170,6 +1213,24 @@ def _create(path: Path, model_sha256: str, dim: int) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
     _check_header(path)
+
+
+def _create_schema(db: sqlite3.Connection, model_sha256: str, dim: int) -> None:
+    """A new gallery's header, tables, triggers and meta rows in ``db`` (an empty file), in the
+    caller's transaction."""
+    db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+    db.execute("PRAGMA user_version = %d" % FORMAT_VERSION)
+    for statement in (_SCHEMA + ";" + _CALIBRATION_SCHEMA + ";" + _CHANGES_SCHEMA).split(";"):
+        if statement.strip():
+            db.execute(statement)
+    for trigger in _CHANGE_TRIGGERS:
+        db.execute(trigger)
+    db.executemany("INSERT INTO meta (key, value) VALUES (?, ?)", [
+        ("format", FORMAT), ("format_version", str(FORMAT_VERSION)),
+        ("model_sha256", model_sha256), ("descriptor_dim", str(dim)),
+        ("created", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())), ("row_changes", "0"),
+        ("gallery_id", gallery_matrix.new_gallery_id()),
+    ])
 
 
 def _publish(tmp: Path, path: Path) -> None:

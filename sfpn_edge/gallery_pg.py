@@ -14,11 +14,28 @@ only when the gallery changed. Reads lost to a dropped connection are retried (`
 2 s in all) on a new connection, then fail with a GalleryError naming the server (never its
 password); a write is never retried: lost before COMMIT it changed nothing, lost during COMMIT
 its outcome is unknown, and the error says which.
+
+``offline_cache=PATH``: each time the index is (re)built, the server's gallery (identities,
+embeddings with their checksums, calibration row, row_changes), read in one snapshot, is written
+to PATH as a gallery file (the SQLite format, bound to the same model and size) recording the
+server's name and ``data_version`` (a new file beside it, fsynced, then ``os.replace``: a process
+killed meanwhile leaves the previous cache), and the index is built from that file. While the
+server is unreachable (at opening, or a read after its retries) the reads (identify, identities,
+calibration, ...) answer from the cache, opened read-only and checked (``PRAGMA quick_check``,
+binding, server name), with the same code, so with the same answers; ``offline`` then says which
+cache and how old. Each read while offline tries the server once (no retries) and, answered by it,
+leaves the cache. Writes are never queued: they fail as without a cache. No cache yet, or one that
+cannot be used (damaged, another model, size or server): GalleryError saying so; a missing or
+refused cache is rewritten by the next read from the server. A cache that cannot be written (say
+an unwritable directory) fails that read, naming the file: never a device silently without one.
 """
 from __future__ import annotations
 
 import contextlib
 import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
 
 import numpy as np
 import psycopg
@@ -69,6 +86,25 @@ def server_name(url: str) -> str:
     return f"postgresql://{user}{info.get('host', '')}{port}/{info.get('dbname', '')}"
 
 
+class ServerUnreachable(GalleryError):
+    """The server could not be reached: connecting failed, or a read's connection was lost after its retries."""
+
+
+@dataclass(frozen=True)
+class OfflineCache:
+    """The offline cache a server gallery answers from: its file, the server's ``data_version`` it
+    mirrors and when it was written (Unix seconds)."""
+
+    path: Path
+    data_version: int
+    written: float
+
+    @property
+    def age_s(self) -> float:
+        """Seconds since the cache was written (the last change seen on the server, or the device's first read)."""
+        return max(0.0, time.time() - self.written)
+
+
 class _Connection:
     """A psycopg connection (autocommit) taking the gallery's SQLite-style ``?`` parameters."""
 
@@ -88,23 +124,65 @@ class _Connection:
         self.conn.close()
 
 
+def _or_cache(name: str) -> Callable:
+    """FaceGallery's read ``name`` on the server or, while it is unreachable, on the offline cache."""
+    def answer(self, *args, **kwargs):
+        try:
+            result = getattr(super(PgStore, self), name)(*args, **kwargs)
+        except ServerUnreachable as exc:
+            return getattr(self._use_cache(exc), name)(*args, **kwargs)
+        self._leave_cache()
+        return result
+    answer.__name__ = name
+    answer.__doc__ = f"FaceGallery.{name}, from the offline cache while the server is unreachable."
+    return answer
+
+
 class PgStore:
     """FaceGallery's store primitives on a PostgreSQL server with pgvector (``gallery._pg_gallery``
     mixes them into FaceGallery)."""
 
     _DB_ERRORS = (psycopg.Error,)
+    _cache_file: type  # the offline cache's gallery-file class (``gallery._pg_gallery`` sets it)
+    identify_batch = _or_cache("identify_batch")
+    identities = _or_cache("identities")
+    embeddings = _or_cache("embeddings")
+    stored_calibration = _or_cache("stored_calibration")
+    calibration_summary = _or_cache("calibration_summary")
+    __len__ = _or_cache("__len__")
+    __contains__ = _or_cache("__contains__")
+    _index_or_cache = _or_cache("_current_index")
+
+    @property
+    def calibration(self):
+        """The calibration searches use (the offline cache's while the server is unreachable)."""
+        return self._index_or_cache().calibration
 
     def _open_store(self, url: str, create: bool) -> None:
         self._url, self.path, self._conn = url, server_name(url), None
+        self._create_missing, self._checked, self._offline = create, False, None
+        self.format_version = FORMAT_VERSION  # the server's, once checked
+        try:
+            self._check_server()
+        except ServerUnreachable as exc:
+            self._use_cache(exc)
+
+    def _check_server(self) -> None:
+        """Opening's checks on the server (``create``: the gallery made when missing); ServerUnreachable
+        when it cannot be reached. Opened offline, the first read or write runs them."""
         try:
             if not self._has_meta():
-                if self.readonly or not create:
+                if self.readonly or not self._create_missing:
                     raise GalleryError(f"{self.path}: no such gallery (enrol someone first)")
                 self._create()
             self.format_version = self._check_meta(self._db)
+        except psycopg.OperationalError as exc:
+            self._drop()
+            raise ServerUnreachable(f"{self.path}: cannot open gallery: server unreachable ({_reason(exc)})") from None
         except psycopg.Error as exc:
             self._drop()
             raise GalleryError(f"{self.path}: cannot open gallery ({_reason(exc)})") from None
+        self._checked = True
 
     @property
     def _db(self) -> _Connection:
@@ -118,6 +196,76 @@ class PgStore:
             with contextlib.suppress(psycopg.Error):
                 self._conn.close()
         self._conn = None
+
+    @property
+    def offline(self) -> Optional[OfflineCache]:
+        """The offline cache the reads answer from while the server is unreachable; None: the server."""
+        return None if self._offline is None else self._offline_state
+
+    def _use_cache(self, unreachable: ServerUnreachable):
+        """The offline cache, opened read-only and checked, else ``unreachable`` saying why it cannot answer."""
+        if self._cache_path is None:
+            raise unreachable
+        if self._offline is None:
+            if not self._cache_path.exists():
+                self._index = None  # the next read from the server rebuilds it, and writes the cache
+                raise ServerUnreachable(f"{unreachable}; no offline cache yet at {self._cache_path} (written "
+                                        "by the first read from the server)") from None
+            try:
+                self._offline, self._offline_state = self._open_cache()
+            except GalleryError as exc:
+                self._index = None  # the next read from the server rebuilds it, and rewrites the cache
+                raise GalleryError(f"{unreachable}; the offline cache cannot be used: {exc}") from None
+        return self._offline
+
+    def _leave_cache(self) -> None:
+        if self._offline is not None:
+            self._offline.close()
+            self._offline = None
+
+    def _build_index(self):
+        """The in-memory index; with an offline cache, the cache is written first and the index read from it."""
+        if self._cache_path is None:
+            return super()._build_index()
+        self._write_cache()
+        cache, _ = self._open_cache(check=False)  # just written and fsynced
+        with cache:
+            return cache._build_index()
+
+    def _write_cache(self) -> None:
+        """The server's gallery, read in one snapshot, as the offline cache file, put in place atomically."""
+        with self._snapshot() as db:
+            meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
+            identities = db.execute("SELECT id, name, enrolled FROM identities").fetchall()
+            embeddings = [(i, owner, source, self._blob(vector), checksum, photo) for i, owner, source, vector,
+                          checksum, photo in db.execute("SELECT id, identity, source, vector, checksum, "
+                                                        "photo_sha256 FROM embeddings").fetchall()]
+            calibration = db.execute("SELECT id, entry, mean, projection, checksum FROM calibration").fetchall()
+        self._cache_file.write(self._cache_path, self.model_sha256, self.dim, identities, embeddings, calibration, [
+            ("row_changes", meta.get("row_changes", "0")), ("cache_of", self.path),
+            ("cache_data_version", meta.get("data_version", "")), ("cache_written", repr(time.time()))])
+
+    def _open_cache(self, check: bool = True) -> tuple:
+        """(The offline cache file opened read-only, what it holds), checked (``check``: quick_check;
+        model, size, this server), else GalleryError."""
+        path = self._cache_path
+        cache = self._cache_file(path, model_sha256=self.model_sha256, dim=self.dim, readonly=True, create=False,
+                                 template=self.template, storage=self.storage, calibration=self.use_calibration)
+        try:
+            if check:
+                cache.quick_check()
+            meta = dict(cache._query("SELECT key, value FROM meta"))
+            if meta.get("cache_of") != self.path or not str(meta.get("cache_data_version")).isdigit():
+                raise GalleryError(f"{path}: not an offline cache of {self.path}")
+            try:
+                written = float(meta.get("cache_written", ""))
+            except ValueError:
+                raise GalleryError(f"{path}: damaged offline cache: cache_written {meta.get('cache_written')!r}") \
+                    from None
+        except BaseException:
+            cache.close()
+            raise
+        return cache, OfflineCache(path, int(meta["cache_data_version"]), written)
 
     def _has_meta(self) -> bool:
         return self._db.execute("SELECT to_regclass('meta') IS NOT NULL").fetchone()[0]
@@ -171,15 +319,19 @@ class PgStore:
         return "[" + ",".join(map(repr, np.frombuffer(blob, "<f4").tolist())) + "]"
 
     def _query(self, sql: str, params: tuple = ()) -> list:
-        """A read, retried on a new connection when the connection is lost."""
-        for delay in RETRY_DELAYS + (None,):
+        """A read, retried on a new connection when the connection is lost (tried once while offline)."""
+        if not self._checked:
+            self._check_server()
+        delays = RETRY_DELAYS if self._offline is None else ()
+        for delay in delays + (None,):
             try:
                 return self._db.execute(sql, params).fetchall()
             except psycopg.OperationalError as exc:
                 self._drop()
                 if delay is None:
-                    raise GalleryError(f"{self.path}: gallery server unreachable after {len(RETRY_DELAYS) + 1} "
-                                       f"attempts ({_reason(exc)})") from None
+                    attempts = len(delays) + 1
+                    raise ServerUnreachable(f"{self.path}: gallery server unreachable after {attempts} "
+                                            f"attempt{'s' if attempts > 1 else ''} ({_reason(exc)})") from None
                 time.sleep(delay)
             except psycopg.Error as exc:
                 raise GalleryError(f"{self.path}: cannot read gallery ({_reason(exc)})") from None
@@ -212,11 +364,15 @@ class PgStore:
             with self._db.conn.transaction():
                 self._db.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
                 yield self._db
+        except psycopg.OperationalError as exc:
+            self._drop()
+            raise ServerUnreachable(f"{self.path}: gallery server unreachable ({_reason(exc)})") from None
         except psycopg.Error as exc:
             self._drop()
             raise GalleryError(f"{self.path}: cannot read gallery ({_reason(exc)})") from None
 
     def close(self) -> None:
+        self._leave_cache()
         self._drop()
 
 

@@ -205,3 +205,39 @@ def test_cli_on_a_postgresql_gallery(cli, cfp_root, tmp_path, pg_url, monkeypatc
     code, _, err = cli("enroll", "--db", "mysql://host/db", "--name", "x", photo(cfp_root, 54, n=1))
     assert code == 2 and "mysql:// galleries are not supported" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["people"]  # no gallery file or `mysql:` folder
+
+
+def test_identify_and_watch_answer_from_the_offline_cache(cli, cfp_root, tmp_path, pg_server, pg_url, monkeypatch):
+    from sfpn_edge import gallery_pg
+
+    monkeypatch.setattr(gallery_pg, "RETRY_DELAYS", ())
+    pg_url = pg_url.replace("postgres:@", "postgres:s3cret@")  # the test server trusts its socket
+    cache, frames = tmp_path / "cache" / "door.db", tmp_path / "frames"
+    for name, person in (("ada", 50), ("bob", 51)):
+        assert cli("enroll", "--db", pg_url, "--name", name, photo(cfp_root, person, n=1),
+                   photo(cfp_root, person, n=2))[0] == 0
+    probe = photo(cfp_root, 50, n=5)
+    code, out, err = cli("identify", "--db", pg_url, "--offline-cache", cache, probe, "--json")
+    online = json.loads(out)
+    assert code == 0 and online["match"] == "ada" and err == "" and cache.exists()
+    name = pg_url.split("?")[0].split("/")[-1]
+    pg_server.psql(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false;')
+    try:
+        code, out, err = cli("identify", "--db", pg_url, "--offline-cache", cache, probe, "--json")
+        assert code == 0 and json.loads(out)["candidates"] == online["candidates"]
+        assert err.startswith("sfpn-edge identify: warning: postgresql://postgres:***@/") and err.count("\n") == 1
+        assert f"unreachable; answering from the offline cache {cache}, written " in err and "s3cret" not in err
+        assert b"s3cret" not in cache.read_bytes()
+        code, _, err = cli("identify", "--db", pg_url, probe)
+        assert code == 2 and "cannot open gallery: server unreachable" in err
+        frames.mkdir()
+        framed = cv2.copyMakeBorder(cv2.imread(str(probe)), 120, 120, 120, 120, cv2.BORDER_CONSTANT)
+        for i in range(4):  # the face well inside the picture, as a camera sees it
+            cv2.imwrite(str(frames / f"{i:04d}.png"), framed)
+        code, out, err = cli("watch", frames, "--db", pg_url, "--offline-cache", cache, "--detect-every", "1")
+        assert code == 0 and "identify ada" in out and "answering from the offline cache" in err
+    finally:
+        pg_server.psql(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true;')
+    for command in (["identify", probe], ["watch", frames]):
+        code, _, err = cli(*command, "--db", tmp_path / "g.db", "--offline-cache", cache)
+        assert code == 2 and "--offline-cache needs a postgresql:// --db" in err

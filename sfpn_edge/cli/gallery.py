@@ -3,10 +3,13 @@ from __future__ import annotations
 
 import argparse
 import re
+import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 from sfpn_edge.cli.output import emit
+from sfpn_edge.errors import SfpnError
 
 
 def gallery_db(text: str):
@@ -21,6 +24,41 @@ def shown(db) -> str:
     if isinstance(db, Path):
         return text
     return re.sub(r"(password=)[^&\s]*", r"\1***", re.sub(r"^([^:/]+://[^:/@]*:)[^@/]*@", r"\1***@", text))
+
+
+def add_offline_cache_option(parser: argparse.ArgumentParser) -> None:
+    """--offline-cache PATH (identify, watch)."""
+    parser.add_argument("--offline-cache", type=Path, metavar="PATH",
+                        help="with a postgresql:// --db: a local copy of the gallery, rewritten whenever the "
+                             "server's gallery changed, that answers (read-only) while the server is unreachable")
+
+
+def offline_cache(args: argparse.Namespace) -> Optional[Path]:
+    """``--offline-cache``, refused unless ``--db`` is a URL."""
+    if args.offline_cache is not None and isinstance(args.db, Path):
+        raise SfpnError("--offline-cache needs a postgresql:// --db: a gallery file is local already")
+    return args.offline_cache
+
+
+def warn_offline(args: argparse.Namespace, gallery, was_offline: bool = False) -> bool:
+    """One line on stderr when ``gallery`` started or stopped answering from its offline cache
+    (``was_offline``: the state last seen); whether it answers from it now."""
+    cache = gallery.offline if args.offline_cache is not None else None
+    if cache is not None and not was_offline:
+        print(f"sfpn-edge {args.command}: warning: {shown(args.db)} unreachable; answering from the offline "
+              f"cache {cache.path}, written {_age(cache.age_s)} ago (data_version {cache.data_version})",
+              file=sys.stderr, flush=True)
+    elif cache is None and was_offline:
+        print(f"sfpn-edge {args.command}: {shown(args.db)} reachable again; answering from the server",
+              file=sys.stderr, flush=True)
+    return cache is not None
+
+
+def _age(seconds: float) -> str:
+    for unit, size in (("days", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.1f} {unit}"
+    return f"{seconds:.0f} s"
 
 
 def register(subparsers) -> None:

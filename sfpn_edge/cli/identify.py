@@ -10,7 +10,8 @@ from pathlib import Path
 
 from sfpn_edge.cli.common import (EVERY_FACE, add_model_options, add_pipeline_options, add_threshold_options,
                                   describe_genuine_accept, make_verifier)
-from sfpn_edge.cli.gallery import describe_gallery_calibration, gallery_db, shown
+from sfpn_edge.cli.gallery import (add_offline_cache_option, describe_gallery_calibration, gallery_db, offline_cache,
+                                   shown, warn_offline)
 from sfpn_edge.cli.output import emit
 from sfpn_edge.cli.verify import describe_face, format_timings
 
@@ -35,6 +36,7 @@ def register(subparsers) -> None:
     parser.add_argument("images", type=Path, nargs="+", metavar="IMG", help="photo(s) of the person(s) to identify")
     parser.add_argument("--db", type=gallery_db, required=True,
                         help="gallery file or postgresql:// URL (made by `sfpn-edge enroll`)")
+    add_offline_cache_option(parser)
     parser.add_argument("--top", type=int, default=5, metavar="K", help="candidates to list (default: 5)")
     parser.add_argument("--template", choices=TEMPLATES, default=DEFAULT_TEMPLATE,
                         help="compare with each identity's mean embedding, or with all its embeddings "
@@ -56,9 +58,11 @@ def run(args: argparse.Namespace) -> int:
 
     if args.top < 1:
         raise SfpnError(f"--top must be at least 1, got {args.top}")
+    cache = offline_cache(args)  # refused before the model loads
     verifier = make_verifier(args)
     with FaceGallery(args.db, model_sha256=verifier.model_sha256, dim=verifier.descriptor_dim, readonly=True,
-                     template=args.template, storage=args.storage, calibration=not args.no_calibration) as gallery:
+                     template=args.template, storage=args.storage, calibration=not args.no_calibration,
+                     offline_cache=cache) as gallery:
         op, calibrated = verifier.gallery_operating_point(gallery)  # fails before any work when no threshold is known
         found = []
         for image in args.images:  # all photos first: an error prints no partial output
@@ -66,6 +70,7 @@ def run(args: argparse.Namespace) -> int:
             found.append((image, verifier.identify(image, gallery, args.top, timings), timings))
         size = len(gallery)
         own = gallery.calibration_summary(calibrated)
+        warn_offline(args, gallery)
     records = [_record(args, image, results, timings, op, size, verifier, own) for image, results, timings in found]
     if args.json:
         emit(records if len(records) > 1 else records[0], True, _human)

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from sfpn_edge.cli.common import add_detector_options, add_model_options, add_threshold_options, make_verifier
-from sfpn_edge.cli.gallery import gallery_db
+from sfpn_edge.cli.gallery import add_offline_cache_option, gallery_db, offline_cache, warn_offline
 
 
 def register(subparsers) -> None:
@@ -29,6 +29,7 @@ def register(subparsers) -> None:
                         help="camera index (0), video file, rtsp:// or http:// URL, or a folder of frames")
     parser.add_argument("--db", type=gallery_db, required=True,
                         help="gallery file or postgresql:// URL (made by `sfpn-edge enroll`)")
+    add_offline_cache_option(parser)
     parser.add_argument("--json-lines", action="store_true",
                         help="print events (and the final summary) as JSON Lines on stdout")
     parser.add_argument("--every-frame", action="store_true", help="also print every frame's tracked boxes")
@@ -63,16 +64,19 @@ def run(args: argparse.Namespace) -> int:
     from sfpn_edge.gallery import FaceGallery
     from sfpn_edge.stream import FaceStream
 
+    cache = offline_cache(args)  # refused before the model loads
     verifier = make_verifier(args)
     with FaceGallery(args.db, model_sha256=verifier.model_sha256, dim=verifier.descriptor_dim,
-                     readonly=True) as gallery:
+                     readonly=True, offline_cache=cache) as gallery:
         stream = FaceStream(args.source, verifier, gallery, detect_every=args.detect_every,
                             min_crops=args.min_crops, best_crops=max(5, args.min_crops),
                             reid_after=args.reid_after, fps=args.fps, realtime=args.realtime,
                             retries=args.retries, timeout=args.timeout)
+        offline = warn_offline(args, gallery)
         previous = {sig: signal.signal(sig, lambda *_: stream.stop()) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
             for result in stream:
+                offline = warn_offline(args, gallery, offline)
                 for event in result.events:
                     _print(event.to_dict(), args.json_lines)
                 if args.every_frame:
