@@ -54,7 +54,6 @@ import json
 import os
 import re
 import sqlite3
-import tempfile
 import time
 import zlib
 from dataclasses import dataclass
@@ -63,7 +62,7 @@ from typing import Dict, Iterable, Iterator, List, NamedTuple, Optional, Sequenc
 
 import numpy as np
 
-from sfpn_edge import bounded_read, gallery_calibration, gallery_matrix, thresholds
+from sfpn_edge import bounded_read, gallery_calibration, gallery_matrix, temp_files, thresholds
 from sfpn_edge.calibration import Calibration, check_entry_version, from_entry
 from sfpn_edge.errors import ModelError, SfpnError
 from sfpn_edge.gallery_format import FORMAT, FORMAT_VERSION, GalleryError
@@ -230,6 +229,7 @@ class FaceGallery:
         try:
             self.format_version = self._check_meta(self._db)
             if not self.readonly:
+                temp_files.sweep(self.path)  # what writers killed mid-write left beside it
                 self.quick_check()
                 if self.format_version < FORMAT_VERSION:
                     self._upgrade()
@@ -694,11 +694,18 @@ class FaceGallery:
         if not rows:
             return _Index(None, [], 0, 0, cal, np.zeros((0, self.dim), np.float32), {})
         row_names = [row[0] for row in rows]
-        raw = np.stack([self._vector(*row) for row in rows])
+        raw = np.empty((len(rows), self.dim), np.float32)  # filled in place: peak memory ~ one copy per step
+        for k, row in enumerate(rows):
+            raw[k] = self._vector(*row)
+        del rows
         # Calibrated templates: the normalised mean of the calibrated rows (CFP 1:N, LDA: +0.1 to
         # +0.5 top-1 over calibrating the raw mean).
         vectors, names, per_identity = self._templates(row_names, raw if cal is None else cal.apply(raw))
-        raw_rows = raw if self.template == "all" else self._templates(row_names, raw)[0]
+        if self.template == "all" or cal is None:
+            raw_rows = raw if self.template == "all" else vectors
+        else:
+            raw_rows = self._templates(row_names, raw)[0]
+        del raw
         rows_of: Dict[str, List[int]] = {}
         for i, name in enumerate(row_names if self.template == "all" else names):
             rows_of.setdefault(name, []).append(i)
@@ -901,11 +908,11 @@ class _CacheFile(FaceGallery):
         """A cache at ``path`` holding these rows (the tables' columns in order, vectors as float32
         little-endian bytes) and ``meta``: written beside it, fsynced, then put in its place with
         ``os.replace`` (a process killed meanwhile leaves the previous file)."""
-        tmp = None
+        tmp = lock = None
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-            os.close(fd)
+            temp_files.sweep(path)
+            lock, tmp = temp_files.temp_beside(path)  # held until the file is in place
             with contextlib.closing(sqlite3.connect(tmp, isolation_level=None)) as db:
                 db.execute("PRAGMA synchronous = OFF")  # fsynced once, below, before it replaces the old file
                 db.execute("BEGIN")
@@ -917,8 +924,7 @@ class _CacheFile(FaceGallery):
                                calibration)
                 db.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", meta)
                 db.execute("COMMIT")
-            with open(tmp, "rb+") as fh:
-                os.fsync(fh.fileno())
+            os.fsync(lock)
             os.replace(tmp, path)
             tmp = None
             directory = os.open(path.parent, os.O_RDONLY)
@@ -932,6 +938,8 @@ class _CacheFile(FaceGallery):
             if tmp is not None:
                 with contextlib.suppress(OSError):
                     os.unlink(tmp)
+            if lock is not None:
+                os.close(lock)
 
 
 @functools.lru_cache(maxsize=None)
@@ -1191,8 +1199,7 @@ def _create(path: Path, model_sha256: str, dim: int) -> None:
     """Build a complete empty gallery beside ``path`` and link it into place (never clobbers)."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
+        lock, tmp = temp_files.temp_beside(path)  # held until the file is in place
     except OSError as exc:
         raise GalleryError(f"cannot create {path}: {exc.strerror or exc}") from None
     try:
@@ -1204,14 +1211,14 @@ def _create(path: Path, model_sha256: str, dim: int) -> None:
             db.execute("PRAGMA journal_mode = WAL")
         finally:
             db.close()
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        _publish(Path(tmp), path)
+        os.fsync(lock)
+        _publish(tmp, path)
     except (sqlite3.Error, OSError) as exc:
         raise GalleryError(f"cannot create {path}: {exc}") from None
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        os.close(lock)
     _check_header(path)
 
 

@@ -25,7 +25,6 @@ import contextlib
 import os
 import stat
 import struct
-import tempfile
 import uuid
 import zlib
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from typing import Iterable, Optional, Tuple
 
 import numpy as np
 
+from sfpn_edge import temp_files
 from sfpn_edge.score import Gallery, rotation
 
 MAGIC = b"SFPGMTX\0"
@@ -220,16 +220,17 @@ def create(path: Optional[Path], *, gallery_id: str, storage: str, dim: int, cou
     size = _layout(storage, dim, capacity)[1]
     if path is None:
         return _fill(None, np.zeros(size, np.uint8), storage, dim, gallery_id, capacity, seq, calibration, chunks)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    temp_files.sweep(path)
+    fd, tmp = temp_files.temp_beside(path)
     try:
-        with open(fd, "r+b") as fh:
+        with open(fd, "r+b") as fh:  # closed (its lock released) only after the rename
             # Allocated, not sparse: a full disk fails here (OSError: kept in memory), never later
             # as a SIGBUS while writing into the map.
             os.posix_fallocate(fh.fileno(), 0, size)
             data = np.memmap(fh, np.uint8, "r+", shape=(size,))
             matrix = _fill(path, data, storage, dim, gallery_id, capacity, seq, calibration, chunks)
             os.fsync(fh.fileno())
-        _publish(Path(tmp), path)
+            _publish(tmp, path)
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)

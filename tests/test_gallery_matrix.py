@@ -171,7 +171,7 @@ def test_fifo_full_disk_or_unwritable_dir_is_searched_in_memory(tmp_path, monkey
 
     def refused(*_, **__):
         raise PermissionError(13, "Read-only file system")
-    monkeypatch.setattr(gallery_matrix.tempfile, "mkstemp", refused)
+    monkeypatch.setattr(gallery_matrix.temp_files.tempfile, "mkstemp", refused)
     assert answers(db) == expected
     assert not matrix_file(db).exists()
 

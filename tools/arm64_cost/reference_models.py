@@ -4,7 +4,7 @@ XNNPACK's published Raspberry Pi 4 latencies, used to check tools/arm64_cost/mod
     python tools/arm64_cost/reference_models.py OUT_DIR      # needs tensorflow (any CPU build)
 
 Random weights, as in XNNPACK's own end2end benchmark: speed does not depend on the values.
-Not a dependency of sfpn-edge; run it on the host, then `tools/arm64-cost --reference OUT_DIR`.
+Not a dependency of sfpn-edge; run it on the host, then `SFPN_ARM64_COST_REFERENCE=OUT_DIR tools/arm64-cost`.
 """
 from __future__ import annotations
 
