@@ -12,16 +12,7 @@ import pytest
 
 from sfpn_edge.gallery import FaceGallery, GalleryError, open_gallery
 
-SHA = "ab" * 32
-DIM = 64
-
-
-def people(n: int, photos: int, seed: int = 0) -> dict:
-    """Identities with ``photos`` noisy non-negative embeddings around their own centre."""
-    rng = np.random.default_rng(seed)
-    centres = rng.random((n, DIM))
-    return {f"p{i:03d}": np.abs(centres[i] + 0.15 * rng.standard_normal((photos, DIM))).astype(np.float32)
-            for i in range(n)}
+from gallery_people import DIM, SHA, people
 
 
 @pytest.mark.parametrize("url", ["mysql://host/db", "file:///tmp/x.db", "sqlite://g.db", "Postgresq1://h/d"])
