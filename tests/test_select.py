@@ -213,7 +213,6 @@ X86_AVX_VNNI = platform_info.PlatformInfo("Linux", "x86_64", "vnni, no avx-512",
         (Environment(ARM, None, ORT_CPU, {}, "1.4.0"), PASSED, "native", "int8", "native int8 file passed"),
         (Environment(ARM, None, ORT_CPU, {}, "1.4.0"), {**PASSED, "native": "the native int8 file changed"},
          "litert", "int8", "litert int8 file passed"),
-        (Environment(PI4, None, ORT_CPU, {}, "1.4.0"), PASSED, "litert", "fp32", "no int8 dot-product"),
         (env(ov=("CPU", "NPU")), PASSED, "openvino", "int8", "openvino int8 file passed"),
     ],
 )
@@ -284,3 +283,27 @@ def test_choosing_does_not_load_openvino():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True).stdout
     backend, loaded = out.split()
     assert loaded == str(backend == "openvino"), out
+
+
+@pytest.mark.parametrize("int8_ms, precision", [(9.0, "int8"), (30.0, "fp32")])
+def test_auto_precision_on_a_pi4_follows_the_estimates(monkeypatch, int8_ms, precision):
+    # armv8.0: int8 runs on widening multiplies (nothing saturates); worth it only where estimated faster
+    table = {("onnxruntime", "int8"): int8_ms, ("litert", "int8"): int8_ms + 1, ("native", "int8"): int8_ms + 2,
+             ("litert", "fp32"): 20.0, ("onnxruntime", "fp32"): 25.0}
+    monkeypatch.setitem(select.ARM_ESTIMATES, "armv8.0", table)
+    choice = choose("auto", Environment(PI4, None, ORT_CPU, {}, "1.4.0"), precision="auto", int8_gate=PASSED)
+    assert (choice.backend, choice.precision) == (("onnxruntime", "int8") if precision == "int8" else ("litert", "fp32"))
+    words = "onnxruntime int8 file passed" if precision == "int8" else "int8 is not estimated faster than fp32 (20 ms"
+    assert words in choice.reason
+    gate = {**PASSED, "onnxruntime": "the onnxruntime int8 file failed its accuracy gate (x)"}
+    choice = choose("auto", Environment(PI4, None, ORT_CPU, {}, "1.4.0"), precision="auto", int8_gate=gate)
+    assert (choice.backend, choice.precision) == ("litert", precision)  # the next int8 backend, or fp32 as before
+
+
+def test_auto_precision_on_a_pi4_with_the_shipped_estimates():
+    table = select.ARM_ESTIMATES["armv8.0"]
+    best_int8 = min(ms for (_, p), ms in table.items() if p == "int8")
+    best_fp32 = min(ms for (_, p), ms in table.items() if p == "fp32")
+    choice = choose("auto", Environment(PI4, None, ORT_CPU, {}, "1.4.0"), precision="auto", int8_gate=PASSED)
+    assert choice.precision == ("int8" if best_int8 < best_fp32 else "fp32")
+    assert choice.backend == fastest("armv8.0", choice.precision, ["native", "litert", "onnxruntime"])

@@ -116,8 +116,8 @@ class Choice:
 ARM_ESTIMATES = {
     "dot": {("native", "int8"): 5.18, ("litert", "int8"): 5.28, ("onnxruntime", "int8"): 5.86,
             ("litert", "fp32"): 13.79, ("onnxruntime", "fp32"): 14.54},
-    "armv8.0": {("onnxruntime", "int8"): 18.25, ("native", "int8"): 19.23, ("litert", "int8"): 19.68,
-                ("litert", "fp32"): 20.02, ("onnxruntime", "fp32"): 22.30},
+    "armv8.0": {("onnxruntime", "int8"): 18.55, ("native", "int8"): 19.23, ("litert", "int8"): 19.68,
+                ("litert", "fp32"): 36.42, ("onnxruntime", "fp32"): 37.80},
 }
 ARM_BOARD = {"dot": "Pi 5 (dot product)", "armv8.0": "Pi 4 (armv8.0, no dot product)"}
 ARM_NAMES = {"native": "native", "litert": "LiteRT", "onnxruntime": "ONNX Runtime"}
@@ -211,7 +211,8 @@ def choose(target: str = "auto", env: Optional[Environment] = None, precision: s
            int8_gate: Optional[Mapping[str, str]] = None) -> Choice:
     """The backend and device for ``target`` and ``precision`` on ``env`` (default: this machine),
     or SfpnError. ``precision="auto"`` also picks the precision: int8 where the CPU has int8
-    dot-product instructions and the chosen backend's int8 file passed its accuracy gate
+    dot-product instructions, or is an armv8.0 ARM core (Raspberry Pi 4: widening multiplies) where
+    the backend's int8 estimate beats every fp32 one, and the backend's int8 file passed its accuracy gate
     (``int8_gate``: backend -> "" when it passed, else why not; ``ModelDir.int8_gate``), else fp32."""
     env = env or Environment.detect(openvino=False)  # OpenVINO is loaded when it is picked, not to pick
     key = target.lower()
@@ -226,9 +227,15 @@ def choose(target: str = "auto", env: Optional[Environment] = None, precision: s
 
 def int8_rejection(platform: platform_info.PlatformInfo, backend: str, int8_gate: Mapping[str, str]) -> str:
     """Why ``backend`` should not run int8 on ``platform`` ("" when it should)."""
-    if not platform.int8_dot:
-        return ("this CPU has no int8 dot-product instructions (VNNI, AMX, ARM asimddp), where int8 runs "
-                "slower than fp32 or saturates")
+    if platform.is_arm and not platform.int8_dot:
+        table = ARM_ESTIMATES["armv8.0"]
+        fp32 = min(ms for (_, precision), ms in table.items() if precision == "fp32")
+        if table.get((backend, "int8"), float("inf")) >= fp32:
+            return (f"on an armv8.0 core (no dot product) {ARM_NAMES.get(backend, backend)} int8 is not "
+                    f"estimated faster than fp32 ({fp32:g} ms per face)")
+    elif not platform.int8_dot:
+        return ("this CPU has no int8 dot-product instructions (VNNI, AMX), where int8 runs slower than fp32 "
+                "or saturates")
     if backend not in int8_gate:
         return f"the model has no int8 file for {backend}"
     return int8_gate[backend]
@@ -269,7 +276,7 @@ def _auto_precision(env: Environment, key: str, int8_gate: Mapping[str, str]) ->
             return replace(int8, precision="int8", reason=f"{int8.reason}; {int8_accepted(int8.backend)}"
                            + "".join(f" ({w}, so not used)" for w in why_not))
         why_not.append(rejection)
-        if not env.platform.int8_dot:
+        if not env.platform.int8_dot and not env.platform.is_arm:
             break
         left = _without(left, int8.backend)
     fp32 = _POLICY[key](env, key, "fp32")
