@@ -181,7 +181,7 @@ def test_bench_shows_emulated_rows_and_refuses_other_files(tmp_path):
     path.write_text(json.dumps(report))
     rows = emulated.lines(emulated.load(path))
     assert rows[1].startswith("embed-native-int8") and "(vector)" in rows[1]
-    assert rows[-1].startswith("estimates, not measurements")
+    assert rows[-1].startswith("estimates, not measurements: issue-rate model from Arm's Software Optimization")
     (tmp_path / "bad.json").write_text(json.dumps({"rows": [{"name": "x"}]}))
     with pytest.raises(SfpnError, match="not a tools/arm64-cost report"):
         emulated.load(tmp_path / "bad.json")
