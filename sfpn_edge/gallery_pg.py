@@ -23,8 +23,9 @@ killed meanwhile leaves the previous cache), and the index is built from that fi
 server is unreachable (at opening, or a read after its retries) the reads (identify, identities,
 calibration, ...) answer from the cache, opened read-only and checked (``PRAGMA quick_check``,
 binding, server name), with the same code, so with the same answers; ``offline`` then says which
-cache and how old. Each read while offline tries the server once (no retries) and, answered by it,
-leaves the cache. Writes are never queued: they fail as without a cache. No cache yet, or one that
+cache and how old. While offline a read tries the server once (no retries), at most every
+``OFFLINE_RETRY_S`` (between attempts the cache answers at once), and, answered by it, leaves the
+cache; a write always tries. Writes are never queued: they fail as without a cache. No cache yet, or one that
 cannot be used (damaged, another model, size or server): GalleryError saying so; a missing or
 refused cache is rewritten by the next read from the server. A cache that cannot be written (say
 an unwritable directory) fails that read, naming the file: never a device silently without one.
@@ -45,6 +46,7 @@ from sfpn_edge.gallery_format import FORMAT, FORMAT_VERSION, GalleryError
 
 LOCK_KEY = 0x53465047  # pg_advisory_xact_lock key of gallery writers ("SFPG")
 RETRY_DELAYS = (0.1, 0.3, 0.6, 1.0)  # seconds before each retry of a read
+OFFLINE_RETRY_S = 10.0  # answering from the offline cache, the server is tried again this often
 CONNECT_TIMEOUT_S = 5
 
 _SCHEMA = """
@@ -161,6 +163,7 @@ class PgStore:
     def _open_store(self, url: str, create: bool) -> None:
         self._url, self.path, self._conn = url, server_name(url), None
         self._create_missing, self._checked, self._offline = create, False, None
+        self._retry_at = 0.0  # offline: reads answer from the cache until then (time.monotonic)
         self.format_version = FORMAT_VERSION  # the server's, once checked
         try:
             self._check_server()
@@ -178,6 +181,7 @@ class PgStore:
             self.format_version = self._check_meta(self._db)
         except psycopg.OperationalError as exc:
             self._drop()
+            self._retry_at = time.monotonic() + OFFLINE_RETRY_S
             raise ServerUnreachable(f"{self.path}: cannot open gallery: server unreachable ({_reason(exc)})") from None
         except psycopg.Error as exc:
             self._drop()
@@ -318,17 +322,25 @@ class PgStore:
         """pgvector's text form; shortest round-trip decimals, so the server holds exactly these floats."""
         return "[" + ",".join(map(repr, np.frombuffer(blob, "<f4").tolist())) + "]"
 
-    def _query(self, sql: str, params: tuple = ()) -> list:
-        """A read, retried on a new connection when the connection is lost (tried once while offline)."""
+    def _query(self, sql: str, params: tuple = (), *, now: bool = False) -> list:
+        """A read, retried on a new connection when the connection is lost. While the reads answer
+        from the offline cache it is tried once, and only every ``OFFLINE_RETRY_S`` (a camera loop
+        does not wait for a silent host on every frame) unless ``now`` (a write's first step)."""
+        if self._offline is not None and not now and time.monotonic() < self._retry_at:
+            raise ServerUnreachable(f"{self.path}: gallery server unreachable (answering from the offline cache; "
+                                    f"next attempt in {self._retry_at - time.monotonic():.0f} s)")
         if not self._checked:
             self._check_server()
         delays = RETRY_DELAYS if self._offline is None else ()
         for delay in delays + (None,):
             try:
-                return self._db.execute(sql, params).fetchall()
+                rows = self._db.execute(sql, params).fetchall()
+                self._leave_cache()  # the server answers again
+                return rows
             except psycopg.OperationalError as exc:
                 self._drop()
                 if delay is None:
+                    self._retry_at = time.monotonic() + OFFLINE_RETRY_S
                     attempts = len(delays) + 1
                     raise ServerUnreachable(f"{self.path}: gallery server unreachable after {attempts} "
                                             f"attempt{'s' if attempts > 1 else ''} ({_reason(exc)})") from None
@@ -342,7 +354,7 @@ class PgStore:
     @contextlib.contextmanager
     def _transaction(self):
         committing = False
-        self._query("SELECT 1")  # a connection lost since the last call is replaced before writing
+        self._query("SELECT 1", now=True)  # a connection lost since the last call is replaced before writing
         try:
             with self._db.conn.transaction():
                 self._db.execute("SELECT pg_advisory_xact_lock(?)", (LOCK_KEY,))
@@ -366,6 +378,7 @@ class PgStore:
                 yield self._db
         except psycopg.OperationalError as exc:
             self._drop()
+            self._retry_at = time.monotonic() + OFFLINE_RETRY_S
             raise ServerUnreachable(f"{self.path}: gallery server unreachable ({_reason(exc)})") from None
         except psycopg.Error as exc:
             self._drop()

@@ -37,7 +37,8 @@ def cached_names(path) -> list:
         return [i.name for i in cache.identities()]
 
 
-def test_the_cache_answers_as_the_server_when_the_server_stops(tmp_path):
+def test_the_cache_answers_as_the_server_when_the_server_stops(tmp_path, monkeypatch):
+    monkeypatch.setattr(gallery_pg, "OFFLINE_RETRY_S", 0.0)  # every read tries the server again
     pgserver = pytest.importorskip("pgserver", reason="pgserver (PostgreSQL + pgvector wheel) is x86_64 only")
     server = pgserver.get_server(tmp_path / "pg", cleanup_mode="stop")
     url, cache = server.get_uri("postgres"), tmp_path / "cache" / "door.db"
@@ -81,6 +82,7 @@ def test_the_cache_answers_as_the_server_when_the_server_stops(tmp_path):
 
 def test_the_cache_follows_other_devices_and_the_server_coming_back(pg_server, pg_url, tmp_path, monkeypatch):
     monkeypatch.setattr(gallery_pg, "RETRY_DELAYS", ())
+    monkeypatch.setattr(gallery_pg, "OFFLINE_RETRY_S", 0.0)
     vectors, cache = people(4, 2), tmp_path / "door.db"
     admin = FaceGallery(pg_url, model_sha256=SHA, dim=DIM)
     admin.enroll_many([(n, v) for n, v in vectors.items() if n != "p003"])
@@ -207,3 +209,32 @@ def test_a_process_killed_while_writing_the_cache_leaves_the_old_one(pg_server, 
             assert g.identify(vectors["p001"][0], k=1)[0].name == "p001" and g.offline.data_version == version
     finally:
         allow_connections(pg_server, pg_url, True)
+
+
+def test_offline_reads_wait_for_the_retry_interval_and_writes_try_at_once(pg_server, pg_url, tmp_path, monkeypatch):
+    monkeypatch.setattr(gallery_pg, "RETRY_DELAYS", ())
+    monkeypatch.setattr(gallery_pg, "OFFLINE_RETRY_S", 60.0)
+    vectors, cache = people(3, 2), tmp_path / "door.db"
+    admin = FaceGallery(pg_url, model_sha256=SHA, dim=DIM)
+    admin.enroll_many(list(vectors.items()))
+    door = FaceGallery(pg_url, model_sha256=SHA, dim=DIM, offline_cache=cache)
+    assert door.identify(vectors["p001"][0], k=1)[0].name == "p001"
+    attempts = []
+    connect = gallery_pg._Connection.__init__
+    monkeypatch.setattr(gallery_pg._Connection, "__init__", lambda *a, **k: (attempts.append(1), connect(*a, **k))[1])
+    allow_connections(pg_server, pg_url, False)
+    try:
+        for _ in range(5):  # the first loses its connection; the rest answer from the cache, no new connection
+            assert door.identify(vectors["p002"][0], k=1)[0].name == "p002" and door.offline is not None
+        assert len(attempts) == 0
+        with pytest.raises(GalleryError, match="gallery server unreachable"):
+            door.enroll("late", vectors["p000"][0])  # a write tries the server at once
+        assert len(attempts) == 1
+    finally:
+        allow_connections(pg_server, pg_url, True)
+    door.enroll("late", vectors["p000"][0] + 1)  # the server is back: the write goes through, before the interval
+    assert door.offline is None and door.identify(vectors["p000"][0] + 1, k=1)[0].name == "late"
+    with FaceGallery(pg_url, model_sha256=SHA, dim=DIM, readonly=True) as fresh:  # admin's session was cut
+        assert "late" in fresh and len(fresh) == 4
+    for g in (door, admin):
+        g.close()
