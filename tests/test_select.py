@@ -292,7 +292,8 @@ def test_auto_precision_on_a_pi4_follows_the_estimates(monkeypatch, int8_ms, pre
              ("litert", "fp32"): 20.0, ("onnxruntime", "fp32"): 25.0}
     monkeypatch.setitem(select.ARM_ESTIMATES, "armv8.0", table)
     choice = choose("auto", Environment(PI4, None, ORT_CPU, {}, "1.4.0"), precision="auto", int8_gate=PASSED)
-    assert (choice.backend, choice.precision) == (("onnxruntime", "int8") if precision == "int8" else ("litert", "fp32"))
+    expected = ("onnxruntime", "int8") if precision == "int8" else ("litert", "fp32")
+    assert (choice.backend, choice.precision) == expected
     words = "onnxruntime int8 file passed" if precision == "int8" else "int8 is not estimated faster than fp32 (20 ms"
     assert words in choice.reason
     gate = {**PASSED, "onnxruntime": "the onnxruntime int8 file failed its accuracy gate (x)"}
