@@ -25,8 +25,8 @@ calibration, ...) answer from the cache, opened read-only and checked (``PRAGMA 
 binding, server name), with the same code, so with the same answers; ``offline`` then says which
 cache and how old. While offline a read tries the server once (no retries), at most every
 ``OFFLINE_RETRY_S`` (between attempts the cache answers at once), and, answered by it, leaves the
-cache; a write always tries. Writes are never queued: they fail as without a cache. No cache yet, or one that
-cannot be used (damaged, another model, size or server): GalleryError saying so; a missing or
+cache. Writes always try the server and are never queued: they fail as without a cache. No cache
+yet, or one that cannot be used (damaged, another model, size or server): GalleryError saying so; a missing or
 refused cache is rewritten by the next read from the server. A cache that cannot be written (say
 an unwritable directory) fails that read, naming the file: never a device silently without one.
 """
