@@ -4,6 +4,7 @@
     python benchmarks/measure_gallery_scale.py --identities 1000000 --dim 128 --storage int8 --db /tmp/g1m.db
     python benchmarks/measure_gallery_scale.py --identities 100000 --dim 1000 --memory   # the old in-memory index
     python benchmarks/measure_gallery_scale.py --identities 100000 --dim 1000 --pgserver  # PostgreSQL + pgvector
+    python benchmarks/measure_gallery_scale.py --identities 100000 --dim 1000 --pgserver --offline-cache
 
 Builds (or reuses, ``--db``) a gallery of synthetic non-negative descriptors (|N(0, 1)| per
 coordinate: the model's descriptors are post-ReLU; ``--photos`` per identity, calibration off),
@@ -13,7 +14,8 @@ identify (open + map + check + top-5), the median of ``--repeat`` identifies, th
 (``VmHWM``) and the peak after imports alone. ``--memory`` measures the in-memory index the
 matrix replaced (every row read, templates built in memory). ``--pgserver`` builds the gallery on
 a PostgreSQL + pgvector server of its own (the ``pgserver`` wheel, unix socket) and measures the
-fleet gallery the same way (it has no matrix: each device fetches every row into memory).
+fleet gallery the same way (it has no matrix: each device fetches every row into memory);
+``--offline-cache`` adds a device's offline cache, whose file the device then searches (its matrix).
 """
 from __future__ import annotations
 
@@ -38,10 +40,11 @@ def peak_mb():  # VmHWM: this process's peak RSS (ru_maxrss would carry the pare
     line = next(l for l in open("/proc/self/status") if l.startswith("VmHWM:"))
     return round(int(line.split()[1]) / 1024)
 db, dim, storage, memory, repeat = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4] == "1", int(sys.argv[5])
+cache = sys.argv[6] or None
 base = peak_mb()
 probes = np.abs(np.random.default_rng(99).standard_normal((repeat + 1, dim))).astype(np.float32)
 start = time.perf_counter()
-g = FaceGallery(db, model_sha256="%s", dim=dim, readonly=True, storage=storage)
+g = FaceGallery(db, model_sha256="%s", dim=dim, readonly=True, storage=storage, offline_cache=cache)
 if memory:
     g._matrix_path = lambda: None
 g.identify(probes[0], k=5)
@@ -76,9 +79,9 @@ def build(db: Path, identities: int, dim: int, photos: int, storages: list) -> d
     return report
 
 
-def probe(db: Path, dim: int, storage: str, memory: bool, repeat: int) -> dict:
-    out = subprocess.run([sys.executable, "-c", PROBE, str(db), str(dim), storage, "1" if memory else "0", str(repeat)],
-                         check=True, capture_output=True, text=True)
+def probe(db: Path, dim: int, storage: str, memory: bool, repeat: int, cache: str = "") -> dict:
+    out = subprocess.run([sys.executable, "-c", PROBE, str(db), str(dim), storage, "1" if memory else "0", str(repeat),
+                          cache], check=True, capture_output=True, text=True)
     return json.loads(out.stdout)
 
 
@@ -89,8 +92,9 @@ def measure(db, args, size_mb) -> None:
                             [] if args.memory or args.pgserver else args.storage))
     report["db_mb"] = size_mb()
     for storage in args.storage:
-        row = {"index": "memory" if args.memory or args.pgserver else "matrix", "storage": storage,
-               **probe(db, args.dim, storage, args.memory, args.repeat)}
+        cache = str(Path(args.offline_cache.name) / f"cache-{storage}.db") if args.offline_cache else ""
+        index = "matrix (offline cache)" if cache else "memory" if args.memory or args.pgserver else "matrix"
+        row = {"index": index, "storage": storage, **probe(db, args.dim, storage, args.memory, args.repeat, cache)}
         matrix = Path(f"{db}.{storage}.matrix")
         if not args.pgserver and matrix.exists() and not args.memory:
             row["matrix_mb"] = round(matrix.stat().st_size / 2**20)  # with its room to grow
@@ -107,7 +111,11 @@ def main() -> None:
     parser.add_argument("--memory", action="store_true", help="measure the in-memory index instead of the matrix")
     parser.add_argument("--repeat", type=int, default=30)
     parser.add_argument("--pgserver", action="store_true", help="on a PostgreSQL + pgvector server (pgserver)")
+    parser.add_argument("--offline-cache", action="store_true",
+                        help="with --pgserver: the device keeps an offline cache (and searches its matrix)")
     args = parser.parse_args()
+    if args.offline_cache:
+        args.offline_cache = tempfile.TemporaryDirectory()
     with tempfile.TemporaryDirectory() as tmp:
         if not args.pgserver:
             db = args.db or Path(tmp) / "g.db"

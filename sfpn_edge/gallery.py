@@ -897,10 +897,7 @@ class FaceGallery:
 class _CacheFile(FaceGallery):
     """The offline cache of a ``postgresql://`` gallery (``sfpn_edge.gallery_pg``): a gallery file
     mirroring the server, whose meta names the server (``cache_of``) and the ``data_version`` it
-    mirrors; searched in memory, as the server's rows are (same code, same answers)."""
-
-    def _matrix_path(self) -> None:
-        return None
+    mirrors; searched as any gallery file opened read-only (online and offline: same answers)."""
 
     @staticmethod
     def write(path: Path, model_sha256: str, dim: int, identities: list, embeddings: list, calibration: list,

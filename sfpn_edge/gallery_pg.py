@@ -19,7 +19,8 @@ its outcome is unknown, and the error says which.
 embeddings with their checksums, calibration row, row_changes), read in one snapshot, is written
 to PATH as a gallery file (the SQLite format, bound to the same model and size) recording the
 server's name and ``data_version`` (a new file beside it, fsynced, then ``os.replace``: a process
-killed meanwhile leaves the previous cache), and the index is built from that file. While the
+killed meanwhile leaves the previous cache), and that file is what the device searches (its search
+matrix, built in chunks as a read-only gallery file's: the rows are never all in memory). While the
 server is unreachable (at opening, or a read after its retries) the reads (identify, identities,
 calibration, ...) answer from the cache, opened read-only and checked (``PRAGMA quick_check``,
 binding, server name), with the same code, so with the same answers; ``offline`` then says which
@@ -46,6 +47,7 @@ from sfpn_edge.gallery_format import FORMAT, FORMAT_VERSION, GalleryError
 
 LOCK_KEY = 0x53465047  # pg_advisory_xact_lock key of gallery writers ("SFPG")
 RETRY_DELAYS = (0.1, 0.3, 0.6, 1.0)  # seconds before each retry of a read
+CACHE_FETCH_ROWS = 2000  # embeddings per round trip while writing the offline cache
 OFFLINE_RETRY_S = 10.0  # answering from the offline cache, the server is tried again this often
 CONNECT_TIMEOUT_S = 5
 
@@ -163,6 +165,7 @@ class PgStore:
     def _open_store(self, url: str, create: bool) -> None:
         self._url, self.path, self._conn = url, server_name(url), None
         self._create_missing, self._checked, self._offline = create, False, None
+        self._searched = None  # the offline cache file the online index searches (with an offline cache)
         self._retry_at = 0.0  # offline: reads answer from the cache until then (time.monotonic)
         self.format_version = FORMAT_VERSION  # the server's, once checked
         try:
@@ -228,26 +231,38 @@ class PgStore:
             self._offline = None
 
     def _build_index(self):
-        """The in-memory index; with an offline cache, the cache is written first and the index read from it."""
+        """The in-memory index; with an offline cache, the cache is written first and searched as a
+        gallery file is (its search matrix, built in chunks: the rows are never all in memory), and
+        kept open for the names of the rows found."""
         if self._cache_path is None:
             return super()._build_index()
+        self._close_searched()
         self._write_cache()
-        cache, _ = self._open_cache(check=False)  # just written and fsynced
-        with cache:
-            return cache._build_index()
+        self._searched, _ = self._open_cache(check=False)  # just written and fsynced
+        return self._searched._build_index()
+
+    def _close_searched(self) -> None:
+        if self._searched is not None:
+            self._searched.close()
+            self._searched = None
 
     def _write_cache(self) -> None:
-        """The server's gallery, read in one snapshot, as the offline cache file, put in place atomically."""
+        """The server's gallery, read in one snapshot (the embeddings streamed through a server-side
+        cursor, never all in memory), as the offline cache file, put in place atomically."""
         with self._snapshot() as db:
             meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
             identities = db.execute("SELECT id, name, enrolled FROM identities").fetchall()
-            embeddings = [(i, owner, source, self._blob(vector), checksum, photo) for i, owner, source, vector,
-                          checksum, photo in db.execute("SELECT id, identity, source, vector, checksum, "
-                                                        "photo_sha256 FROM embeddings").fetchall()]
             calibration = db.execute("SELECT id, entry, mean, projection, checksum FROM calibration").fetchall()
-        self._cache_file.write(self._cache_path, self.model_sha256, self.dim, identities, embeddings, calibration, [
-            ("row_changes", meta.get("row_changes", "0")), ("cache_of", self.path),
-            ("cache_data_version", meta.get("data_version", "")), ("cache_written", repr(time.time()))])
+            with db.conn.cursor(name="sfpn_cache", binary=True) as rows:
+                rows.itersize = CACHE_FETCH_ROWS
+                rows.execute("SELECT id, identity, source, vector, checksum, photo_sha256 FROM embeddings")
+                embeddings = ((i, owner, source, self._blob(vector), checksum, photo)
+                              for i, owner, source, vector, checksum, photo in rows)
+                self._cache_file.write(self._cache_path, self.model_sha256, self.dim, identities, embeddings,
+                                       calibration, [("row_changes", meta.get("row_changes", "0")),
+                                                     ("cache_of", self.path),
+                                                     ("cache_data_version", meta.get("data_version", "")),
+                                                     ("cache_written", repr(time.time()))])
 
     def _open_cache(self, check: bool = True) -> tuple:
         """(The offline cache file opened read-only, what it holds), checked (``check``: quick_check;
@@ -386,6 +401,7 @@ class PgStore:
 
     def close(self) -> None:
         self._leave_cache()
+        self._close_searched()
         self._drop()
 
 

@@ -47,10 +47,12 @@ def test_the_cache_answers_as_the_server_when_the_server_stops(tmp_path, monkeyp
     plain = FaceGallery(url, model_sha256=SHA, dim=DIM)
     plain.enroll_many(list(gallery.items()))
     assert plain.calibration is not None
-    server_answers, summary, version = answers(plain, probes), plain.calibration_summary(), plain._query_version()
-    op = plain.operating_point(1e-2)
+    summary, version, op = plain.calibration_summary(), plain._query_version(), plain.operating_point(1e-2)
     g = FaceGallery(url, model_sha256=SHA, dim=DIM, offline_cache=cache)
-    assert answers(g, probes) == server_answers and g.offline is None and cache.exists()
+    server_answers = answers(g, probes)  # online: the cache file's search matrix, as a gallery file's
+    assert g.offline is None and cache.exists()
+    for mine, theirs in zip(server_answers, answers(plain, probes)):  # names equal, scores to rounding
+        assert mine == theirs if isinstance(mine[0][0], str) else np.allclose(mine, theirs, atol=1e-5)
     assert not any(p.name.endswith(".tmp") for p in cache.parent.iterdir())
     server.cleanup()  # the server stops: the next read fails after its retries, then the cache answers
     assert answers(g, probes) == server_answers  # the same names and scores, calibrated and raw
