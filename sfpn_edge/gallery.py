@@ -701,8 +701,10 @@ class FaceGallery:
         # Calibrated templates: the normalised mean of the calibrated rows (CFP 1:N, LDA: +0.1 to
         # +0.5 top-1 over calibrating the raw mean).
         vectors, names, per_identity = self._templates(row_names, raw if cal is None else cal.apply(raw))
-        if self.template == "all" or cal is None:
-            raw_rows = raw if self.template == "all" else vectors
+        if self.template == "all":
+            raw_rows = raw
+        elif cal is None:
+            raw_rows = vectors  # the raw templates themselves
         else:
             raw_rows = self._templates(row_names, raw)[0]
         del raw
@@ -908,7 +910,6 @@ class _CacheFile(FaceGallery):
         tmp = lock = None
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            temp_files.sweep(path)
             lock, tmp = temp_files.temp_beside(path)  # held until the file is in place
             with contextlib.closing(sqlite3.connect(tmp, isolation_level=None)) as db:
                 db.execute("PRAGMA synchronous = OFF")  # fsynced once, below, before it replaces the old file
@@ -922,13 +923,8 @@ class _CacheFile(FaceGallery):
                 db.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", meta)
                 db.execute("COMMIT")
             os.fsync(lock)
-            os.replace(tmp, path)
+            temp_files.replace(tmp, path)
             tmp = None
-            directory = os.open(path.parent, os.O_RDONLY)
-            try:
-                os.fsync(directory)
-            finally:
-                os.close(directory)
         except (sqlite3.Error, OSError) as exc:
             raise GalleryError(f"{path}: cannot write the offline cache ({exc})") from None
         finally:

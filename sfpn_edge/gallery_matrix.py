@@ -220,7 +220,6 @@ def create(path: Optional[Path], *, gallery_id: str, storage: str, dim: int, cou
     size = _layout(storage, dim, capacity)[1]
     if path is None:
         return _fill(None, np.zeros(size, np.uint8), storage, dim, gallery_id, capacity, seq, calibration, chunks)
-    temp_files.sweep(path)
     fd, tmp = temp_files.temp_beside(path)
     try:
         with open(fd, "r+b") as fh:  # closed (its lock released) only after the rename
@@ -230,7 +229,7 @@ def create(path: Optional[Path], *, gallery_id: str, storage: str, dim: int, cou
             data = np.memmap(fh, np.uint8, "r+", shape=(size,))
             matrix = _fill(path, data, storage, dim, gallery_id, capacity, seq, calibration, chunks)
             os.fsync(fh.fileno())
-            _publish(tmp, path)
+            temp_files.replace(tmp, path)
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -252,14 +251,3 @@ def _fill(path: Optional[Path], data: np.ndarray, storage: str, dim: int, galler
     matrix = Matrix(path, storage, dim, gallery_id, capacity, count, 0, seq, calibration, cols, data)
     matrix._seal()
     return matrix
-
-
-def _publish(tmp: Path, path: Path) -> None:
-    """Rename ``tmp`` over ``path`` and make the rename durable (the directory fsynced)."""
-    os.replace(tmp, path)
-    with contextlib.suppress(OSError):
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)

@@ -20,7 +20,9 @@ SQLITE_SIDE_FILES = ("-journal", "-wal", "-shm")  # left beside a temporary SQLi
 
 
 def temp_beside(path: Path) -> Tuple[int, Path]:
-    """A new empty temporary file beside ``path``: (its descriptor, locked until closed; its path)."""
+    """A new empty temporary file beside ``path``: (its descriptor, locked until closed; its path).
+    Dead writers' temporary files of ``path`` are swept first."""
+    sweep(path)
     fd, new = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".new", dir=path.parent)
     tmp = Path(new[:-len(".new")] + ".tmp")
     try:
@@ -55,3 +57,14 @@ def sweep(path: Path) -> int:
         finally:
             os.close(fd)
     return removed
+
+
+def replace(tmp: Path, path: Path) -> None:
+    """Rename ``tmp`` over ``path`` and make the rename durable (the directory fsynced, where it can be)."""
+    os.replace(tmp, path)
+    with contextlib.suppress(OSError):
+        directory = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)

@@ -186,15 +186,15 @@ KILLED = textwrap.dedent("""
         print("ready", flush=True)
         time.sleep(120)
     with FaceGallery(db, model_sha256="{sha}", dim={dim}, storage="int8") as g:
-        setattr(gallery_matrix, hook, hang)
-        if hook == "_publish":
+        setattr(gallery_matrix.temp_files if hook == "replace" else gallery_matrix, hook, hang)
+        if hook == "replace":  # the rename into place
             g.recalibrate()  # a new calibration: the matrix is rebuilt
         else:
             g.remove("p0", calibrate=False)  # in place: tombstone, then the header
 """).format(sha=SHA, dim=DIM)
 
 
-@pytest.mark.parametrize("hook", ["_publish", "_header"])
+@pytest.mark.parametrize("hook", ["replace", "_header"])
 def test_sigkill_mid_matrix_write_is_never_served(tmp_path, hook):
     db = tmp_path / "g.db"
     enrolled(db)
