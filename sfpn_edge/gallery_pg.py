@@ -165,7 +165,7 @@ class PgStore:
     def _open_store(self, url: str, create: bool) -> None:
         self._url, self.path, self._conn = url, server_name(url), None
         self._create_missing, self._checked, self._offline = create, False, None
-        self._searched = None  # the offline cache file the online index searches (with an offline cache)
+        self._searched = self._searched_state = None  # the cache file the online index searches, what it holds
         self._retry_at = 0.0  # offline: reads answer from the cache until then (time.monotonic)
         self.format_version = FORMAT_VERSION  # the server's, once checked
         try:
@@ -223,22 +223,25 @@ class PgStore:
             except GalleryError as exc:
                 self._index = None  # the next read from the server rebuilds it, and rewrites the cache
                 raise GalleryError(f"{unreachable}; the offline cache cannot be used: {exc}") from None
+            if self._searched is not None and self._searched_state == self._offline_state:
+                self._offline.close()  # checked; the file the online index searched, index built: that one
+                self._offline = self._searched
         return self._offline
 
     def _leave_cache(self) -> None:
-        if self._offline is not None:
+        if self._offline is not None and self._offline is not self._searched:
             self._offline.close()
-            self._offline = None
+        self._offline = None
 
     def _build_index(self):
         """The in-memory index; with an offline cache, the cache is written first and searched as a
         gallery file is (its search matrix, built in chunks: the rows are never all in memory), and
-        kept open for the names of the rows found."""
+        kept open for the names of the rows found and, offline, to answer with that same index."""
         if self._cache_path is None:
             return super()._build_index()
         self._close_searched()
         self._write_cache()
-        self._searched, _ = self._open_cache(check=False)  # just written and fsynced
+        self._searched, self._searched_state = self._open_cache(check=False)  # just written and fsynced
         return self._searched._build_index()
 
     def _close_searched(self) -> None:

@@ -57,6 +57,7 @@ def test_the_cache_answers_as_the_server_when_the_server_stops(tmp_path, monkeyp
     server.cleanup()  # the server stops: the next read fails after its retries, then the cache answers
     assert answers(g, probes) == server_answers  # the same names and scores, calibrated and raw
     assert g.offline.path == cache and g.offline.data_version == version and 0 <= g.offline.age_s < 600
+    assert g._offline is g._searched  # the index built online answers: no second copy, no rebuild
     assert len(g) == 20 and "p003" in g and g.calibration_summary() == summary
     before = cache.read_bytes()
     for write in (lambda: g.enroll("new", probes[0]), lambda: g.remove("p001"), lambda: g.rename("p002", "x"),
