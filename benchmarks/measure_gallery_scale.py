@@ -26,6 +26,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
@@ -85,14 +86,14 @@ def probe(db: Path, dim: int, storage: str, memory: bool, repeat: int, cache: st
     return json.loads(out.stdout)
 
 
-def measure(db, args, size_mb) -> None:
+def measure(db, args, size_mb, cache_dir: Optional[Path] = None) -> None:
     report = {"identities": args.identities, "dim": args.dim, "photos": args.photos}
     if args.pgserver or not db.exists():
         report.update(build(db, args.identities, args.dim, args.photos,
                             [] if args.memory or args.pgserver else args.storage))
     report["db_mb"] = size_mb()
     for storage in args.storage:
-        cache = str(Path(args.offline_cache.name) / f"cache-{storage}.db") if args.offline_cache else ""
+        cache = str(cache_dir / f"cache-{storage}.db") if cache_dir else ""
         index = "matrix (offline cache)" if cache else "memory" if args.memory or args.pgserver else "matrix"
         row = {"index": index, "storage": storage, **probe(db, args.dim, storage, args.memory, args.repeat, cache)}
         matrix = Path(f"{db}.{storage}.matrix")
@@ -114,8 +115,6 @@ def main() -> None:
     parser.add_argument("--offline-cache", action="store_true",
                         help="with --pgserver: the device keeps an offline cache (and searches its matrix)")
     args = parser.parse_args()
-    if args.offline_cache:
-        args.offline_cache = tempfile.TemporaryDirectory()
     with tempfile.TemporaryDirectory() as tmp:
         if not args.pgserver:
             db = args.db or Path(tmp) / "g.db"
@@ -131,7 +130,7 @@ def main() -> None:
             def size_mb() -> int:
                 with open_gallery(url) as g:
                     return round(g.info()["bytes"] / 2**20)
-            measure(url, args, size_mb)
+            measure(url, args, size_mb, Path(tmp) if args.offline_cache else None)
         finally:
             server.cleanup()
 
